@@ -1,0 +1,240 @@
+"""Command line: `raider-bids bids_dir output_dir participant [options]` (BIDS-Apps conventions)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import Config
+from .errors import OutputError, RaiderError, UnknownLevelError, UsageError
+from .estimators import ESTIMATORS, TrainingSettings
+from .fat_spectrum import PRESETS
+
+log = logging.getLogger("raider_bids")
+ANALYSIS_LEVELS = ("participant",)
+_DEFAULTS = Config(Path("."), Path("."))
+_TRAINING = TrainingSettings()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors with the BIDS-Apps exit code 64 instead of 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="raider-bids",
+        description="PDFF, R2* and S0 maps from magnitude multi-echo gradient-echo (MEGRE) BIDS data, "
+                    "with the dual self-supervised networks of Minore et al. (2025). Exit codes follow the "
+                    "BIDS-Apps execution spec: 0 ok, 1 failure, 17 unknown analysis level, 18 no files "
+                    "selected, 64 usage error, 65 bad input data, 66 missing input, 73 cannot write output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bids_dir", type=Path, help="root of the raw BIDS dataset (read only)")
+    p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives dataset is written")
+    p.add_argument("analysis_level", help="processing stage: participant")
+    p.add_argument("--version", action="version", version=f"raider-bids {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log detail (-v: every training epoch)")
+    p.add_argument("-w", "--work-dir", type=Path, help="scratch directory (kept; a run log is written there)")
+
+    sel = p.add_argument_group("selecting data")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", dest="participant_label",
+                     metavar="LABEL", help="participants to process (with or without 'sub-'); default all")
+    sel.add_argument("--session-label", "--session_label", nargs="+", dest="session_label", metavar="LABEL",
+                     help="sessions to process (with or without 'ses-'); default all")
+    sel.add_argument("--bids-filter-file", type=_existing_file, metavar="FILE",
+                     help='JSON {"megre": {"<entity>": value}} narrowing the MEGRE query '
+                          '(null = entity absent, "*" = any value)')
+
+    phys = p.add_argument_group("signal model")
+    phys.add_argument("--field-strength", type=_positive_float, metavar="TESLA",
+                      help="magnetic field strength; overrides MagneticFieldStrength in the sidecars")
+    phys.add_argument("--fat-spectrum", default=_DEFAULTS.fat_spectrum, metavar="NAME|FILE",
+                      help=f"fat spectrum: a preset ({', '.join(sorted(PRESETS))}) or a JSON file "
+                           '{"ppm": [...], "amplitudes": [...]}')
+    phys.add_argument("--sigma", type=_positive_float,
+                      help="noise level (std of each complex channel, image units); default: estimated "
+                           "from the residuals of a least-squares fit")
+    phys.add_argument("--mask", type=_existing_file, metavar="FILE",
+                      help="foreground mask (NIfTI, nonzero = in) used for every selected run instead "
+                           "of the automatic one")
+
+    est = p.add_argument_group("estimation")
+    est.add_argument("--method", choices=sorted(ESTIMATORS), default=_DEFAULTS.method,
+                     help="estimator: ssl = the paper's dual self-supervised networks")
+    est.add_argument("--learning-rate", type=_positive_float, default=_TRAINING.learning_rate)
+    est.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
+    est.add_argument("--patience", type=_positive_int, default=_TRAINING.patience,
+                     help="epochs without a better validation loss before training stops")
+    est.add_argument("--max-epochs", type=_positive_int, default=_TRAINING.max_epochs)
+    est.add_argument("--validation-fraction", type=_fraction, default=_TRAINING.validation_fraction,
+                     help="share of foreground voxels held out for early stopping")
+    est.add_argument("--random-seed", type=int, default=_DEFAULTS.random_seed,
+                     help="seed of weights, split and shuffling: the same seed on CPU gives identical maps")
+
+    res = p.add_argument_group("resources")
+    res.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_DEFAULTS.device,
+                     help="auto = cuda when available; CPU and GPU results differ slightly")
+    res.add_argument("--nprocs", "--nthreads", type=_positive_int, dest="nprocs",
+                     help="CPU threads for torch; default: all available")
+    return p
+
+
+def _check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None) -> None:
+    raw = bids_dir.resolve()
+    for label, path in (("output_dir", output_dir), ("--work-dir", work_dir)):
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved == raw:
+            raise UsageError(f"{label} {path} is the BIDS directory; the input dataset is never written to")
+        if raw in resolved.parents and (raw / "derivatives") not in resolved.parents:
+            raise UsageError(f"{label} {path} is inside the BIDS dataset; use a directory outside it or "
+                             f"under {raw / 'derivatives'}")
+
+
+def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
+    if args.analysis_level not in ANALYSIS_LEVELS:
+        known = "not available in this version" if args.analysis_level == "group" else "unknown"
+        raise UnknownLevelError(f"analysis level {args.analysis_level!r} is {known}; "
+                                f"expected one of: {', '.join(ANALYSIS_LEVELS)}")
+    _check_paths(args.bids_dir, args.output_dir, args.work_dir)
+    training = TrainingSettings(learning_rate=args.learning_rate, batch_size=args.batch_size,
+                                patience=args.patience, max_epochs=args.max_epochs,
+                                validation_fraction=args.validation_fraction)
+    return Config(
+        bids_dir=args.bids_dir.resolve(), output_dir=args.output_dir.resolve(),
+        analysis_level=args.analysis_level,
+        work_dir=args.work_dir.resolve() if args.work_dir else None,
+        participant_labels=tuple(args.participant_label or ()),
+        session_labels=tuple(args.session_label or ()),
+        bids_filter_file=args.bids_filter_file, field_strength_t=args.field_strength,
+        fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask, method=args.method,
+        training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs,
+        command_line=("raider-bids", *argv))
+
+
+class EpochReporter:
+    """Training progress: a bar on a terminal, plain log lines (every 10th epoch) otherwise."""
+
+    def __init__(self, run_name: str, max_epochs: int):
+        self.run_name = run_name
+        self.max_epochs = max_epochs
+        self.bar = None
+        self.network = None
+        self.interactive = sys.stderr.isatty()
+
+    def __call__(self, network: str, epoch: int, train_loss: float, val_loss: float) -> None:
+        if self.interactive:
+            from tqdm import tqdm
+
+            if network != self.network:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=self.max_epochs, desc=f"{self.run_name} {network}", unit="epoch",
+                                leave=False, file=sys.stderr)
+            self.bar.update(1)
+            self.bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        level = logging.INFO if (epoch == 1 or epoch % 10 == 0) and not self.interactive else logging.DEBUG
+        log.log(level, "%s: %s network epoch %d: train loss %.5g, validation loss %.5g",
+                self.run_name, network, epoch, train_loss, val_loss)
+        self.network = network
+
+
+_LOG_FORMAT = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def _add_log_handler(handler: logging.Handler) -> None:
+    handler.setFormatter(_LOG_FORMAT)
+    log.addHandler(handler)
+
+
+def _setup_logging(verbosity: int) -> None:
+    _close_logging()
+    _add_log_handler(logging.StreamHandler(sys.stderr))
+    log.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+    log.propagate = False
+
+
+def _log_to_work_dir(work_dir: Path) -> None:
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        _add_log_handler(logging.FileHandler(work_dir / "raider-bids.log"))
+    except OSError as exc:
+        raise OutputError(f"{work_dir}: cannot use as work directory ({exc.strerror or exc})") from None
+
+
+def _close_logging() -> None:
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        config = config_from_args(args, argv)
+        if config.work_dir:
+            _log_to_work_dir(config.work_dir)
+        if config.nprocs:
+            import torch
+
+            torch.set_num_threads(config.nprocs)
+        from .workflows import participant
+
+        log.info("raider-bids %s: %s -> %s", __version__, config.bids_dir, config.output_dir)
+        results = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
+        log.info("done: %d run(s) written to %s", len(results), config.output_dir)
+        return 0
+    except RaiderError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("raider-bids: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        _close_logging()

@@ -1,0 +1,162 @@
+"""Names, sidecars and atomic writes of the BIDS-Derivatives dataset. The only module that writes files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import nibabel as nib
+import numpy as np
+
+from . import CODE_URL, NAME, __version__
+from .bids_io import MegreRun
+from .errors import OutputError
+
+BIDS_VERSION = "1.10.0"
+BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_provenance.json", "*_weights.pt")
+DESCRIPTIONS = {
+    "foreground": "voxels holding signal (automatic or user-given mask); the maps are estimated here only",
+    "water": "the water-dominant network (PDFF constrained to [0, 0.58])",
+    "fat": "the fat-dominant network (PDFF constrained to [0.58, 1])",
+}
+README_TEXT = """raider-bids derivatives
+
+Per MEGRE run, in sub-<label>/[ses-<label>/]anat/:
+  *_PDFFmap.nii.gz    proton density fat fraction (0-1)
+  *_R2starmap.nii.gz  R2* (1/s)
+  *_S0map.nii.gz      signal at echo time 0 (image units)
+  *_LLRmap.nii.gz     log-likelihood of the chosen (water or fat) solution minus the other (nats)
+  *_desc-foreground_mask.nii.gz  voxels where the maps were estimated
+  *_provenance.json   how the maps were made (versions, options, seed, noise level, training)
+  *_desc-water_weights.pt, *_desc-fat_weights.pt  trained networks (torch.load(..., weights_only=True))
+Each map has a JSON sidecar with units, sources and the estimation method.
+"""
+# suffix -> (Description, Units)
+MAPS = {
+    "PDFFmap": ("Proton density fat fraction, rho_F / (rho_W + rho_F); 0 outside the mask", "fraction (0-1)"),
+    "R2starmap": ("Transverse relaxation rate R2*; 0 outside the mask", "1/s"),
+    "S0map": ("Signal at echo time 0 given by the fitted model; 0 outside the mask", "arbitrary"),
+    "LLRmap": ("How strongly the data prefer the chosen solution: Rician log-likelihood of the chosen "
+               "candidate minus that of the other (water vs fat); near 0 = ambiguous; 0 outside the mask",
+               "nats"),
+}
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` that replaces it only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(target: Path, content: Any) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+
+
+def write_text(target: Path, content: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(content)
+
+
+def write_nifti(target: Path, data: np.ndarray, reference: nib.Nifti1Image, dtype: type = np.float32) -> None:
+    """`data` in the reference image's grid, with its affine and orientation codes."""
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
+    img.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(target) as tmp:
+        nib.save(img, tmp)
+
+
+def write_torch(target: Path, obj: Any) -> None:
+    import torch
+
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
+
+
+def container_info() -> dict[str, str] | None:
+    """How we are containerised, from variables Apptainer/Singularity and our image set."""
+    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        if os.environ.get(var):
+            return {"Type": "singularity", "Tag": os.environ[var]}
+    if os.environ.get("RAIDER_BIDS_CONTAINER"):
+        return {"Type": "docker", "Tag": os.environ["RAIDER_BIDS_CONTAINER"]}
+    return None
+
+
+def dataset_description(bids_dir: Path) -> dict[str, Any]:
+    generated_by: dict[str, Any] = {"Name": NAME, "Version": __version__, "CodeURL": CODE_URL,
+                                    "Description": "PDFF, R2* and S0 maps from magnitude multi-echo gradient echo"}
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    return {"Name": "raider-bids derivatives: PDFF, R2* and S0 maps", "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "derivative", "GeneratedBy": [generated_by],
+            "SourceDatasets": [{"URL": "bids:raw:"}],
+            "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()}}
+
+
+def prepare_output_dataset(output_dir: Path, bids_dir: Path) -> None:
+    """Create the derivative dataset's top-level files; safe when many runs start at once."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        desc_file = output_dir / "dataset_description.json"
+        if desc_file.is_file():
+            try:
+                existing = json.loads(desc_file.read_text())
+                owner = existing.get("GeneratedBy", [{}])[0].get("Name")
+            except (ValueError, AttributeError, IndexError, TypeError):
+                owner = None
+            if owner != NAME:
+                raise OutputError(f"{desc_file}: the output directory holds another dataset "
+                                  f"(GeneratedBy {owner!r}); choose an empty or raider-bids directory")
+        else:
+            write_json(desc_file, dataset_description(bids_dir))
+        ignore = output_dir / ".bidsignore"
+        lines = ignore.read_text().splitlines() if ignore.is_file() else []
+        missing = [p for p in BIDSIGNORE if p not in lines]
+        if missing:
+            write_text(ignore, "\n".join(lines + missing) + "\n")
+        readme = output_dir / "README"
+        if not readme.is_file():
+            write_text(readme, README_TEXT)
+        rows = ["desc_id\tdescription"] + [f"desc-{k}\t{v}" for k, v in DESCRIPTIONS.items()]
+        write_text(output_dir / "descriptions.tsv", "\n".join(rows) + "\n")
+    except OSError as exc:
+        raise OutputError(f"{exc.filename or output_dir}: cannot write the output dataset "
+                          f"({exc.strerror or exc})") from None
+
+
+def run_directory(output_dir: Path, run: MegreRun) -> Path:
+    parts = [f"sub-{run.subject}"] + ([f"ses-{run.session}"] if run.session else []) + ["anat"]
+    return output_dir.joinpath(*parts)
+
+
+def output_path(output_dir: Path, run: MegreRun, suffix: str, desc: str | None = None, ext: str = ".nii.gz") -> Path:
+    name = run.name + (f"_desc-{desc}" if desc else "") + f"_{suffix}{ext}"
+    return run_directory(output_dir, run) / name
+
+
+def map_sidecar(run: MegreRun, suffix: str, algorithm: str, reference: str) -> dict[str, Any]:
+    description, units = MAPS[suffix]
+    return {"Description": description, "Units": units,
+            "Sources": [f"bids:raw:{f}" for f in run.relative_files()],
+            "EstimationAlgorithm": algorithm, "EstimationReference": reference,
+            "EchoTime": list(run.echo_times_s), "MagneticFieldStrength": run.field_strength_t,
+            "SkullStripped": False}

@@ -1,0 +1,47 @@
+"""What every estimator returns, and the registry that maps --method names to estimators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from ..signal_model import Acquisition
+
+ProgressCallback = Callable[[str, int, float, float], None]  # (network, epoch, train loss, val loss)
+ProgressCallbackFactory = Callable[[str], ProgressCallback]  # run name -> callback
+
+
+@dataclass
+class Estimates:
+    """Per-voxel results, each of shape (N,), in package units (fraction, 1/s, image units)."""
+
+    pdff: np.ndarray
+    r2star_s: np.ndarray
+    s0: np.ndarray
+    log_likelihood_ratio: np.ndarray  # log L(chosen) - log L(rejected) >= 0
+    chose_fat: np.ndarray  # bool
+    provenance: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # saved with torch.save
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Options of the self-supervised training loop; defaults follow the paper."""
+
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    patience: int = 10
+    max_epochs: int = 1000
+    validation_fraction: float = 0.1
+
+
+class Estimator(Protocol):
+    name: str
+
+    def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
+            device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
+        """Estimate from magnitudes `signals` of shape (N, n_echoes) with noise level `sigma`."""
+        ...
