@@ -162,24 +162,20 @@ class EpochReporter:
         self.run_name = run_name
         self.max_epochs = max_epochs
         self.bar = None
-        self.network = None
         self.interactive = sys.stderr.isatty()
 
-    def __call__(self, network: str, epoch: int, train_loss: float, val_loss: float) -> None:
+    def __call__(self, epoch: int, validation_loss: dict[str, float]) -> None:
+        losses = ", ".join(f"{name} {loss:.5g}" for name, loss in validation_loss.items())
         if self.interactive:
             from tqdm import tqdm
 
-            if network != self.network:
-                if self.bar is not None:
-                    self.bar.close()
-                self.bar = tqdm(total=self.max_epochs, desc=f"{self.run_name} {network}", unit="epoch",
+            if self.bar is None or epoch == 1:
+                self.bar = tqdm(total=self.max_epochs, desc=f"{self.run_name} training", unit="epoch",
                                 leave=False, file=sys.stderr)
             self.bar.update(1)
-            self.bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            self.bar.set_postfix_str(f"validation loss {losses}")
         level = logging.INFO if (epoch == 1 or epoch % 10 == 0) and not self.interactive else logging.DEBUG
-        log.log(level, "%s: %s network epoch %d: train loss %.5g, validation loss %.5g",
-                self.run_name, network, epoch, train_loss, val_loss)
-        self.network = network
+        log.log(level, "%s: epoch %d, validation loss %s", self.run_name, epoch, losses)
 
 
 _LOG_FORMAT = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")

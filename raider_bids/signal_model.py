@@ -41,9 +41,9 @@ class SignalModel(torch.nn.Module):
     def __init__(self, acquisition: Acquisition, dtype: torch.dtype = torch.float32):
         super().__init__()
         basis = acquisition.fat_basis()
-        self.register_buffer("fat_real", torch.tensor(basis.real, dtype=dtype))
-        self.register_buffer("fat_imag", torch.tensor(basis.imag, dtype=dtype))
-        self.register_buffer("echo_times_s", torch.tensor(acquisition.echo_times_s, dtype=dtype))
+        self.register_buffer("fat_real", torch.tensor(basis.real, dtype=dtype), persistent=False)
+        self.register_buffer("fat_imag", torch.tensor(basis.imag, dtype=dtype), persistent=False)
+        self.register_buffer("echo_times_s", torch.tensor(acquisition.echo_times_s, dtype=dtype), persistent=False)
 
     def forward(self, s0: torch.Tensor, pdff: torch.Tensor, r2star_s: torch.Tensor) -> torch.Tensor:
         """Parameters of shape (N,) -> magnitudes of shape (N, n_echoes)."""

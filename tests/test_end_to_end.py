@@ -136,9 +136,10 @@ def test_saved_weights_reproduce_the_maps(dataset, maps):
     for kind in ("water", "fat"):
         saved = torch.load(anat / f"sub-01_desc-{kind}_weights.pt", weights_only=True)
         acquisition = Acquisition(tuple(saved["echo_times_s"]), saved["field_strength_t"], PRESETS["hernando"])
-        model = PhysicsAutoencoder(acquisition, kind, torch.Generator().manual_seed(0))
+        model = PhysicsAutoencoder(acquisition, (saved["kind"],), torch.Generator().manual_seed(0))
         model.load_state_dict(saved["state_dict"])
-        candidates[kind] = predict(model, x, sig)
+        assert saved["kind"] == kind
+        candidates[kind] = predict(model, x, sig)[0]
     chosen = np.where(candidates["fat"]["nll"] < candidates["water"]["nll"],
                       candidates["fat"]["pdff"], candidates["water"]["pdff"])
     np.testing.assert_allclose(chosen, maps["PDFFmap"][mask], atol=1e-5)

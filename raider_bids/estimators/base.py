@@ -10,7 +10,7 @@ import torch
 
 from ..signal_model import Acquisition
 
-ProgressCallback = Callable[[str, int, float, float], None]  # (network, epoch, train loss, val loss)
+ProgressCallback = Callable[[int, dict[str, float]], None]  # (epoch, validation loss per training network)
 ProgressCallbackFactory = Callable[[str], ProgressCallback]  # run name -> callback
 
 

@@ -3,7 +3,7 @@ voxels, and per voxel the candidate with the higher Rician likelihood (Sec. 3.1-
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -13,72 +13,93 @@ from ..likelihood import rician_nll_per_voxel
 from ..signal_model import Acquisition
 from ..transforms import PDFF_BOUNDARY
 from .base import Estimates, ProgressCallback, TrainingSettings
-from .networks import PhysicsAutoencoder, normalise, split_indices, train
+from .networks import PhysicsAutoencoder, TrainingHistory, normalise, split_indices, train
 
-_PREDICT_CHUNK = 65536
+_PREDICT_CHUNK = 32768
 
 
 class SelfSupervisedDual:
     """Dual constrained self-supervised networks (Minore et al. 2025)."""
 
     name = "ssl"
-    description = "dual self-supervised networks, water (PDFF <= 0.58) and fat (PDFF >= 0.58), chosen by Rician likelihood"
+    description = ("dual self-supervised networks, water (PDFF <= 0.58) and fat (PDFF >= 0.58), "
+                   "chosen per voxel by Rician likelihood")
     reference = ("Minore GV, Dwyer-Hemmings L, Bray TJP, Zhang H. Resolving quantitative MRI model "
                  "degeneracy in self-supervised machine learning. 2025.")
 
-    def __init__(self, settings: TrainingSettings = TrainingSettings(), kinds: tuple[str, ...] = ("water", "fat")):
+    def __init__(self, settings: TrainingSettings = TrainingSettings()):
         self.settings = settings
-        self.kinds = kinds
 
     def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
             device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
-        rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
-        x, sig, scale = normalise(signals, sigma, device)
-        train_idx, val_idx = split_indices(x.shape[0], self.settings.validation_fraction, rng)
-        train_t = torch.as_tensor(train_idx, device=device)
-        val_t = torch.as_tensor(val_idx, device=device)
-        candidates, histories, weights = {}, [], {}
-        for kind in self.kinds:
-            model = PhysicsAutoencoder(acquisition, kind, generator).to(device)
-            history = train(model, x[train_t], sig[train_t], x[val_t], sig[val_t], self.settings,
-                            generator, progress)
-            histories.append(history.to_dict())
-            candidates[kind] = predict(model, x, sig)
-            weights[kind] = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                             "kind": kind, "n_echoes": acquisition.n_echoes,
-                             "echo_times_s": list(acquisition.echo_times_s),
-                             "field_strength_t": acquisition.field_strength_t}
-        estimates = choose_by_likelihood(candidates, scale.numpy())
-        estimates.weights = weights
-        estimates.provenance = {
-            "Method": self.name, "Description": self.description,
-            "TrainingSettings": asdict(self.settings),
-            "TrainingVoxels": int(train_idx.size), "ValidationVoxels": int(val_idx.size),
-            "Networks": histories,
-            "ShareChoosingFat": float(estimates.chose_fat.mean()) if estimates.chose_fat.size else 0.0,
-            "PDFFBoundary": PDFF_BOUNDARY,
-        }
-        estimates.provenance["ShareChoosingWater"] = 1.0 - estimates.provenance["ShareChoosingFat"]
+        kinds = ("water", "fat")
+        trained = train_networks(signals, acquisition, sigma, kinds, seed, device, self.settings, progress)
+        estimates = choose_by_likelihood(predict(trained.model, trained.x, trained.sigma), trained.scale)
+        estimates.weights = {kind: network_file(trained.model, k, acquisition) for k, kind in enumerate(kinds)}
+        estimates.provenance = trained.provenance(self)
+        estimates.provenance |= {"PDFFBoundary": PDFF_BOUNDARY,
+                                 "ShareChoosingFat": float(estimates.chose_fat.mean()),
+                                 "ShareChoosingWater": float(1 - estimates.chose_fat.mean())}
         return estimates
 
 
-def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> dict[str, np.ndarray]:
-    """Candidate parameters and per-voxel NLL for normalised signals x (N, E)."""
-    out: dict[str, list[np.ndarray]] = {"s0": [], "pdff": [], "r2star_s": [], "nll": []}
+@dataclass
+class TrainedNetworks:
+    model: PhysicsAutoencoder
+    histories: list[TrainingHistory]
+    x: torch.Tensor  # normalised signals (N, E)
+    sigma: torch.Tensor  # normalised sigma (N, 1)
+    scale: np.ndarray  # (N,) normalisation factors
+    settings: TrainingSettings
+    n_train: int
+    n_validation: int
+
+    def provenance(self, estimator) -> dict:
+        return {"Method": estimator.name, "Description": estimator.description,
+                "TrainingSettings": asdict(self.settings), "TrainingVoxels": self.n_train,
+                "ValidationVoxels": self.n_validation, "Networks": [h.to_dict() for h in self.histories]}
+
+
+def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, kinds: tuple[str, ...],
+                   seed: int, device: torch.device, settings: TrainingSettings,
+                   progress: ProgressCallback | None) -> TrainedNetworks:
+    """Normalise, split and train one network per kind on the voxels `signals` (N, E)."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x, sig, scale = normalise(signals, sigma, device)
+    train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng)
+    train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
+    model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
+    histories = train(model, x[train_t], sig[train_t], x[val_t], sig[val_t], settings, generator,
+                      (seed,) * len(kinds), progress)
+    return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
+
+
+def network_file(model: PhysicsAutoencoder, k: int, acquisition: Acquisition) -> dict:
+    """What is saved per network: weights plus what is needed to rebuild it."""
+    return {"state_dict": model.network_state(k), "kind": model.kinds[k], "n_echoes": acquisition.n_echoes,
+            "echo_times_s": list(acquisition.echo_times_s), "field_strength_t": acquisition.field_strength_t}
+
+
+def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> list[dict[str, np.ndarray]]:
+    """Per network: candidate parameters and per-voxel NLL for normalised signals x (N, E)."""
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
     model.eval()
     with torch.no_grad():
         for sl in chunk_slices(x.shape[0], _PREDICT_CHUNK):
             s0, pdff, r2 = model.parameters_of(x[sl])
-            nll = rician_nll_per_voxel(x[sl], model.decoder(s0, pdff, r2), sigma[sl])
-            for key, value in zip(out, (s0, pdff, r2, nll)):
-                out[key].append(value.double().cpu().numpy())
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+            k, n = s0.shape
+            predicted = model.decoder(s0.reshape(-1), pdff.reshape(-1), r2.reshape(-1)).reshape(k, n, -1)
+            nll = rician_nll_per_voxel(x[sl], predicted, sigma[sl])
+            for part, value in zip(parts, (s0, pdff, r2, nll)):
+                part.append(value.double().cpu())
+    stacked = [torch.cat(p, dim=1).numpy() for p in parts]
+    return [dict(zip(("s0", "pdff", "r2star_s", "nll"), (a[k] for a in stacked))) for k in range(len(model.kinds))]
 
 
-def choose_by_likelihood(candidates: dict[str, dict[str, np.ndarray]], scale: np.ndarray) -> Estimates:
-    """Per voxel, the water or fat candidate with the lower NLL; S0 back in image units."""
-    water, fat = candidates["water"], candidates["fat"]
+def choose_by_likelihood(candidates: list[dict[str, np.ndarray]], scale: np.ndarray) -> Estimates:
+    """Per voxel, the water (first) or fat (second) candidate with the lower NLL; S0 in image units."""
+    water, fat = candidates
     chose_fat = fat["nll"] < water["nll"]
     pick = lambda key: np.where(chose_fat, fat[key], water[key])  # noqa: E731
     return Estimates(pdff=pick("pdff"), r2star_s=pick("r2star_s"), s0=pick("s0") * scale,

@@ -1,9 +1,14 @@
-"""The self-supervised physics autoencoder: an MLP encoder, a constraining transform at the
-bottleneck, the signal model as decoder, and the training loop with early stopping."""
+"""The self-supervised physics autoencoder: MLP encoders, a constraining transform at the
+bottleneck, the signal model as decoder, and the training loop with early stopping.
+
+Several independent networks (the 'water' and 'fat' pair, or single networks with different
+seeds) are held as one stack and trained in the same steps with batched matrix products: each
+has its own weights, mini-batch order, Adam state (Adam is element-wise) and early stopping, so
+this equals training them one after another, at the cost of one.
+"""
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,56 +22,79 @@ from ..signal_model import Acquisition, SignalModel
 from ..transforms import nonnegative, pdff_transform
 from .base import ProgressCallback, TrainingSettings
 
-# The network's R2* output is in 1/ms (as the paper quotes it) so that typical values are O(0.1).
+N_HIDDEN_LAYERS = 4
+# The R2* output is in 1/ms (as the paper quotes it) so that typical values are O(0.1).
 _R2STAR_OUTPUT_SCALE_S = 1000.0
 # Output-layer biases at start: S0 of the max-normalised signal ~ 1, R2* ~ 50 1/s.
 _INITIAL_BIAS = (1.0, 0.0, math.sqrt(50.0 / _R2STAR_OUTPUT_SCALE_S))
-_EVAL_CHUNK = 65536
+_EVAL_CHUNK = 32768
 
 
 class PhysicsAutoencoder(torch.nn.Module):
-    """Encoder (n_echoes -> 4 x n_echoes ELU -> 3) + transforms + signal model.
+    """K encoders (n_echoes -> 4 hidden ELU layers of n_echoes units -> 3) + transforms + signal model.
 
-    Works on signals divided per voxel by their largest echo; S0 comes out in the same units.
+    Input: signals divided per voxel by their largest echo, shape (K, N, n_echoes) or (N, n_echoes)
+    (then the same voxels go to every network). S0 comes out in the same normalised units.
     """
 
-    def __init__(self, acquisition: Acquisition, kind: str, generator: torch.Generator):
+    def __init__(self, acquisition: Acquisition, kinds: tuple[str, ...], generator: torch.Generator):
         super().__init__()
-        n = acquisition.n_echoes
-        layers: list[torch.nn.Module] = []
-        for _ in range(4):
-            layers += [torch.nn.Linear(n, n), torch.nn.ELU()]
-        layers.append(torch.nn.Linear(n, 3))
-        self.encoder = torch.nn.Sequential(*layers)
-        self.kind = kind
+        n, k = acquisition.n_echoes, len(kinds)
+        sizes = [n] * (N_HIDDEN_LAYERS + 1) + [3]
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.empty(k, a, b)) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.biases = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.empty(k, 1, b)) for b in sizes[1:]])
+        self.kinds = tuple(kinds)
         self.decoder = SignalModel(acquisition)
         self._initialise(generator)
 
     def _initialise(self, generator: torch.Generator) -> None:
-        # PyTorch's default Linear init, drawn from an explicit generator for reproducibility.
-        linears = [m for m in self.encoder if isinstance(m, torch.nn.Linear)]
+        # PyTorch's default Linear init, network after network, from an explicit generator.
         with torch.no_grad():
-            for layer in linears:
-                bound = 1.0 / math.sqrt(layer.in_features)
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.uniform_(-bound, bound, generator=generator)
-            linears[-1].bias.copy_(torch.tensor(_INITIAL_BIAS))
+            for k in range(len(self.kinds)):
+                for w, b in zip(self.weights, self.biases):
+                    bound = 1.0 / math.sqrt(w.shape[1])
+                    w[k].uniform_(-bound, bound, generator=generator)
+                    b[k].uniform_(-bound, bound, generator=generator)
+            self.biases[-1][:, 0, :] = torch.tensor(_INITIAL_BIAS)
 
-    def parameters_of(self, normalised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, n_echoes) -> S0 (normalised units), PDFF, R2* (1/s), each (N,)."""
-        x = self.encoder(normalised)
-        s0 = nonnegative(x[:, 0])
-        pdff = pdff_transform(x[:, 1], self.kind)
-        r2star_s = _R2STAR_OUTPUT_SCALE_S * nonnegative(x[:, 2])
-        return s0, pdff, r2star_s
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, N, E) -> raw bottleneck (K, N, 3)."""
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < N_HIDDEN_LAYERS:
+                x = torch.nn.functional.elu(x)
+        return x
 
-    def forward(self, normalised: torch.Tensor) -> torch.Tensor:
-        return self.decoder(*self.parameters_of(normalised))
+    def parameters_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Signals -> S0 (normalised units), PDFF, R2* (1/s), each (K, N)."""
+        if x.dim() == 2:
+            x = x.expand(len(self.kinds), *x.shape)
+        raw = self.encode(x)
+        pdff = torch.stack([pdff_transform(raw[k, :, 1], kind) for k, kind in enumerate(self.kinds)])
+        return nonnegative(raw[..., 0]), pdff, _R2STAR_OUTPUT_SCALE_S * nonnegative(raw[..., 2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Signals -> predicted noise-free signals (K, N, E)."""
+        s0, pdff, r2 = self.parameters_of(x)
+        k, n = s0.shape
+        return self.decoder(s0.reshape(-1), pdff.reshape(-1), r2.reshape(-1)).reshape(k, n, -1)
+
+    def network_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Weights of network k alone, loadable into PhysicsAutoencoder(acquisition, (kind,), ...)."""
+        return {name: value[k:k + 1].detach().cpu().clone() for name, value in self.state_dict().items()}
+
+    def load_network_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in self.named_parameters():
+                value[k:k + 1].copy_(state[name])
 
 
 @dataclass
 class TrainingHistory:
     kind: str
+    seed: int
     epochs: int = 0
     best_epoch: int = 0
     best_validation_loss: float = math.inf
@@ -76,68 +104,76 @@ class TrainingHistory:
     validation_loss: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"Network": self.kind, "Epochs": self.epochs, "BestEpoch": self.best_epoch,
+        return {"Network": self.kind, "Seed": self.seed, "Epochs": self.epochs, "BestEpoch": self.best_epoch,
                 "BestValidationLoss": self.best_validation_loss, "StopReason": self.stop_reason,
                 "Seconds": round(self.seconds, 3), "TrainLoss": self.train_loss,
                 "ValidationLoss": self.validation_loss}
 
 
-def mean_nll(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> float:
-    """Mean per-voxel Rician NLL over a data set, evaluated in chunks without gradients."""
-    total = 0.0
+def per_network_nll(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-voxel Rician NLL of every network, (K, N), evaluated in chunks without gradients."""
+    out = []
     with torch.no_grad():
         for sl in chunk_slices(x.shape[0], _EVAL_CHUNK):
-            total += float(rician_nll_per_voxel(x[sl], model(x[sl]), sigma[sl]).sum())
-    return total / max(x.shape[0], 1)
+            out.append(rician_nll_per_voxel(x[sl], model(x[sl]), sigma[sl]))
+    return torch.cat(out, dim=1)
 
 
 def train(model: PhysicsAutoencoder, x_train: torch.Tensor, sigma_train: torch.Tensor,
           x_val: torch.Tensor, sigma_val: torch.Tensor, settings: TrainingSettings,
-          generator: torch.Generator, progress: ProgressCallback | None = None) -> TrainingHistory:
-    """Adam on the Rician NLL; stops after `patience` epochs without a better validation loss and
-    restores the best weights. x_* are max-normalised signals (N, E); sigma_* the matching (N, 1)."""
-    history = TrainingHistory(model.kind)
+          generator: torch.Generator, seeds: tuple[int, ...],
+          progress: ProgressCallback | None = None) -> list[TrainingHistory]:
+    """Adam on the Rician NLL; each network stops after `patience` epochs without a better
+    validation loss and gets its best weights back. x_* are max-normalised signals (N, E),
+    sigma_* the matching (N, 1)."""
+    k_nets = len(model.kinds)
+    histories = [TrainingHistory(kind, seed) for kind, seed in zip(model.kinds, seeds)]
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    best_state = copy.deepcopy(model.state_dict())
-    best_loss = mean_nll(model, x_val, sigma_val)
-    waited = 0
+    best_loss = per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist()
+    best_state = [model.network_state(k) for k in range(k_nets)]
+    waited = [0] * k_nets
+    active = [True] * k_nets
     start = time.perf_counter()
     n = x_train.shape[0]
-    history.stop_reason = f"reached --max-epochs {settings.max_epochs}"
+    for h in histories:
+        h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
     for epoch in range(1, settings.max_epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=generator, device="cpu").to(x_train.device)
-        running = 0.0
+        # Each network draws its own mini-batch order.
+        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(k_nets)]).to(x_train.device)
+        running = torch.zeros(k_nets, dtype=torch.float64)
         for sl in chunk_slices(n, settings.batch_size):
-            idx = order[sl]
-            loss = rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx]).mean()
+            idx = order[:, sl]
+            nll = rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx])  # (K, B)
+            per_network = nll.mean(dim=1)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            per_network.sum().backward()
             optimiser.step()
-            running += float(loss.detach()) * (sl.stop - sl.start)
-        model.eval()
-        val_loss = mean_nll(model, x_val, sigma_val)
-        history.train_loss.append(running / n)
-        history.validation_loss.append(val_loss)
-        history.epochs = epoch
-        if not math.isfinite(val_loss):
-            history.stop_reason = "validation loss not finite"
-            break
-        if val_loss < best_loss:
-            best_loss, waited = val_loss, 0
-            history.best_epoch = epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
+            running += per_network.detach().cpu().double() * (sl.stop - sl.start)
+        val = per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist()
+        for k, h in enumerate(histories):
+            if not active[k]:
+                continue
+            h.train_loss.append(float(running[k]) / n)
+            h.validation_loss.append(val[k])
+            h.epochs = epoch
+            h.seconds = time.perf_counter() - start
+            if not math.isfinite(val[k]):
+                h.stop_reason, active[k] = "validation loss not finite", False
+            elif val[k] < best_loss[k]:
+                best_loss[k], waited[k], h.best_epoch = val[k], 0, epoch
+                best_state[k] = model.network_state(k)
+            else:
+                waited[k] += 1
+            if active[k] and waited[k] >= settings.patience:
+                h.stop_reason, active[k] = f"no better validation loss for {settings.patience} epochs", False
         if progress is not None:
-            progress(model.kind, epoch, running / n, val_loss)
-        if waited >= settings.patience:
-            history.stop_reason = f"no better validation loss for {settings.patience} epochs"
+            progress(epoch, {h.kind: h.validation_loss[-1] for h in histories if h.epochs == epoch})
+        if not any(active):
             break
-    model.load_state_dict(best_state)
-    history.best_validation_loss = best_loss
-    history.seconds = time.perf_counter() - start
-    return history
+    for k, h in enumerate(histories):
+        model.load_network_state(k, best_state[k])
+        h.best_validation_loss = best_loss[k]
+    return histories
 
 
 def normalise(signals: np.ndarray, sigma: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
