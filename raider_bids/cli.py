@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     est = p.add_argument_group("estimation")
     est.add_argument("--method", choices=sorted(ESTIMATORS), default=_DEFAULTS.method,
-                     help="estimator: ssl = the paper's dual self-supervised networks")
+                     help="estimator: ssl = the paper's dual self-supervised networks; fit = conventional "
+                          "two-start Rician maximum-likelihood fit (MAGORINO); single = one unconstrained "
+                          "network (the naive baseline, for comparison)")
+    est.add_argument("--write-candidates", action="store_true",
+                     help="also write the water and fat candidates' maps (desc-water, desc-fat)")
     est.add_argument("--learning-rate", type=_positive_float, default=_TRAINING.learning_rate)
     est.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
     est.add_argument("--patience", type=_positive_int, default=_TRAINING.patience,
@@ -151,6 +155,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         session_labels=tuple(args.session_label or ()),
         bids_filter_file=args.bids_filter_file, field_strength_t=args.field_strength,
         fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask, method=args.method,
+        write_candidates=args.write_candidates,
         training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs,
         command_line=("raider-bids", *argv))
 

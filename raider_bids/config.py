@@ -23,6 +23,7 @@ class Config:
     sigma: float | None = None
     mask_file: Path | None = None
     method: str = DEFAULT_METHOD
+    write_candidates: bool = False
     training: TrainingSettings = field(default_factory=TrainingSettings)
     random_seed: int = 0
     device: str = "auto"

@@ -20,8 +20,9 @@ BIDS_VERSION = "1.10.0"
 BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_provenance.json", "*_weights.pt")
 DESCRIPTIONS = {
     "foreground": "voxels holding signal (automatic or user-given mask); the maps are estimated here only",
-    "water": "the water-dominant network (PDFF constrained to [0, 0.58])",
-    "fat": "the fat-dominant network (PDFF constrained to [0.58, 1])",
+    "water": "the water-dominant candidate, PDFF constrained to [0, 0.58] (water network, or water-side fit)",
+    "fat": "the fat-dominant candidate, PDFF constrained to [0.58, 1] (fat network, or fat-side fit)",
+    "full": "the single network with PDFF unconstrained in [0, 1] (--method single)",
 }
 README_TEXT = """raider-bids derivatives
 
@@ -30,9 +31,10 @@ Per MEGRE run, in sub-<label>/[ses-<label>/]anat/:
   *_R2starmap.nii.gz  R2* (1/s)
   *_S0map.nii.gz      signal at echo time 0 (image units)
   *_LLRmap.nii.gz     log-likelihood of the chosen (water or fat) solution minus the other (nats)
+  *_desc-water_*map, *_desc-fat_*map  the two candidates (with --write-candidates)
   *_desc-foreground_mask.nii.gz  voxels where the maps were estimated
   *_provenance.json   how the maps were made (versions, options, seed, noise level, training)
-  *_desc-water_weights.pt, *_desc-fat_weights.pt  trained networks (torch.load(..., weights_only=True))
+  *_desc-<water|fat|full>_weights.pt  trained networks (torch.load(..., weights_only=True))
 Each map has a JSON sidecar with units, sources and the estimation method.
 """
 # suffix -> (Description, Units)
@@ -153,8 +155,10 @@ def output_path(output_dir: Path, run: MegreRun, suffix: str, desc: str | None =
     return run_directory(output_dir, run) / name
 
 
-def map_sidecar(run: MegreRun, suffix: str, algorithm: str, reference: str) -> dict[str, Any]:
+def map_sidecar(run: MegreRun, suffix: str, algorithm: str, reference: str, desc: str | None = None) -> dict[str, Any]:
     description, units = MAPS[suffix]
+    if desc is not None:
+        description = f"Candidate: {DESCRIPTIONS[desc]}. {description}"
     return {"Description": description, "Units": units,
             "Sources": [f"bids:raw:{f}" for f in run.relative_files()],
             "EstimationAlgorithm": algorithm, "EstimationReference": reference,

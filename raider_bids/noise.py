@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputDataError
-from .estimators.least_squares import fit_least_squares
+from .estimators.model_fitting import fit_voxels
 from .signal_model import Acquisition
 
 MIN_SNR_FOR_GAUSSIAN = 5.0
@@ -44,13 +44,13 @@ def estimate_sigma(signals: np.ndarray, acquisition: Acquisition, rng: np.random
         raise InputDataError(f"only {n_voxels} foreground voxels: too few to estimate the noise; give --sigma")
     if n_voxels > max_voxels:
         signals = signals[np.sort(rng.choice(n_voxels, max_voxels, replace=False))]
-    fit = fit_least_squares(signals, acquisition)
+    fit = fit_voxels(signals, acquisition)
     chi2_median = stats.chi2.median(dof)
-    sigma = float(np.sqrt(np.median(fit.rss) / chi2_median))
-    used = fit.rss.size
+    sigma = float(np.sqrt(np.median(fit.loss) / chi2_median))
+    used = fit.loss.size
     high_snr = fit.fitted.min(axis=1) >= MIN_SNR_FOR_GAUSSIAN * sigma
     if high_snr.sum() >= 100:
-        sigma = float(np.sqrt(np.median(fit.rss[high_snr]) / chi2_median))
+        sigma = float(np.sqrt(np.median(fit.loss[high_snr]) / chi2_median))
         used = int(high_snr.sum())
     # Relative to the signal: rounding noise alone must not pass for a noise level.
     if not np.isfinite(sigma) or sigma <= 1e-6 * float(np.median(signals)):

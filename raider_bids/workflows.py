@@ -139,16 +139,22 @@ def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, refer
     t = time.perf_counter()
     out = config.output_dir
     outputs: dict[str, Path] = {}
-    volumes = {"PDFFmap": estimates.pdff, "R2starmap": estimates.r2star_s, "S0map": estimates.s0,
-               "LLRmap": estimates.log_likelihood_ratio}
-    for suffix, values in volumes.items():
+    volumes = {("PDFFmap", None): estimates.pdff, ("R2starmap", None): estimates.r2star_s,
+               ("S0map", None): estimates.s0}
+    if estimates.log_likelihood_ratio is not None:
+        volumes[("LLRmap", None)] = estimates.log_likelihood_ratio
+    if config.write_candidates:
+        for kind, candidate in estimates.candidates.items():
+            volumes |= {("PDFFmap", kind): candidate["pdff"], ("R2starmap", kind): candidate["r2star_s"],
+                        ("S0map", kind): candidate["s0"]}
+    for (suffix, desc), values in volumes.items():
         volume = np.zeros(mask.shape, dtype=np.float32)
         volume[mask] = values
-        path = output_path(out, run, suffix)
+        path = output_path(out, run, suffix, desc=desc)
         write_nifti(path, volume, reference)
         write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
-                   map_sidecar(run, suffix, estimator.description, estimator.reference))
-        outputs[suffix] = path
+                   map_sidecar(run, suffix, estimator.description, estimator.reference, desc))
+        outputs[suffix if desc is None else f"{suffix}-{desc}"] = path
     mask_path = output_path(out, run, "mask", desc="foreground")
     write_nifti(mask_path, mask, reference, dtype=np.uint8)
     write_json(mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")),

@@ -139,7 +139,7 @@ def test_saved_weights_reproduce_the_maps(dataset, maps):
         model = PhysicsAutoencoder(acquisition, (saved["kind"],), torch.Generator().manual_seed(0))
         model.load_state_dict(saved["state_dict"])
         assert saved["kind"] == kind
-        candidates[kind] = predict(model, x, sig)[0]
+        candidates[kind] = predict(model, x, sig)[0]  # S0 normalised; only PDFF is compared
     chosen = np.where(candidates["fat"]["nll"] < candidates["water"]["nll"],
                       candidates["fat"]["pdff"], candidates["water"]["pdff"])
     np.testing.assert_allclose(chosen, maps["PDFFmap"][mask], atol=1e-5)

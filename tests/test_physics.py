@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from raider_bids.errors import InputDataError, UsageError
-from raider_bids.estimators.least_squares import fit_least_squares
+from raider_bids.estimators.model_fitting import fit_voxels
 from raider_bids.fat_spectrum import PRESETS, load_fat_spectrum
 from raider_bids.likelihood import rician_log_likelihood, rician_nll_per_voxel
 from raider_bids.mask import foreground_mask
@@ -349,12 +349,12 @@ def test_least_squares_recovers_noise_free_truth(te_s):
     s0 = np.full(pdff.shape, 800.0)
     signals = numpy_magnitude(te_s, 3.0, s0, pdff, r2star)
 
-    fit = fit_least_squares(signals, acquisition(te_s))
+    fit = fit_voxels(signals, acquisition(te_s))
     np.testing.assert_allclose(fit.pdff, pdff, atol=1e-3)
     np.testing.assert_allclose(fit.r2star_s, r2star, atol=1.0)
     np.testing.assert_allclose(fit.s0, s0, rtol=2e-3)
     np.testing.assert_allclose(fit.fitted, signals, atol=1e-3 * 800.0)
-    np.testing.assert_allclose(fit.rss, ((signals - fit.fitted) ** 2).sum(axis=1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(fit.loss, ((signals - fit.fitted) ** 2).sum(axis=1), rtol=1e-9, atol=1e-9)
 
 
 def test_least_squares_is_a_minimiser_on_noisy_data():
@@ -367,9 +367,9 @@ def test_least_squares_is_a_minimiser_on_noisy_data():
     noisy = clean + rng.normal(0.0, sigma, clean.shape)
     rss_truth = ((noisy - clean) ** 2).sum(axis=1)
 
-    fit = fit_least_squares(noisy, acq)
+    fit = fit_voxels(noisy, acq)
     rss_fit = ((noisy - numpy_magnitude(PROTOCOL_TE_S, 3.0, fit.s0, fit.pdff, fit.r2star_s)) ** 2).sum(axis=1)
-    np.testing.assert_allclose(fit.rss, rss_fit, rtol=1e-9)
+    np.testing.assert_allclose(fit.loss, rss_fit, rtol=1e-9)
     assert np.mean(rss_fit <= rss_truth * (1 + 1e-9)) >= 0.99
     # and the fitted parameters respect the bounds
     assert fit.pdff.min() >= 0 and fit.pdff.max() <= 1 and fit.r2star_s.min() >= 0 and fit.s0.min() >= 0

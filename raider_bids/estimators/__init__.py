@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .base import Estimates, Estimator, ProgressCallback, ProgressCallbackFactory, TrainingSettings
-from .dual_network import SelfSupervisedDual
+from .conventional_fit import ConventionalFit
+from .dual_network import SelfSupervisedDual, SingleNetwork
 
-ESTIMATORS: dict[str, type] = {SelfSupervisedDual.name: SelfSupervisedDual}
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (SelfSupervisedDual, ConventionalFit, SingleNetwork)}
 DEFAULT_METHOD = SelfSupervisedDual.name
 
 

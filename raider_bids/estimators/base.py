@@ -21,10 +21,21 @@ class Estimates:
     pdff: np.ndarray
     r2star_s: np.ndarray
     s0: np.ndarray
-    log_likelihood_ratio: np.ndarray  # log L(chosen) - log L(rejected) >= 0
-    chose_fat: np.ndarray  # bool
+    log_likelihood_ratio: np.ndarray | None  # log L(chosen) - log L(rejected) >= 0; None: one candidate
+    chose_fat: np.ndarray  # bool: the estimate is on the fat-dominant side
+    candidates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> pdff, r2star_s, s0
     provenance: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # saved with torch.save
+
+
+def choose_by_likelihood(water: dict[str, np.ndarray], fat: dict[str, np.ndarray]) -> Estimates:
+    """Per voxel, the water or the fat candidate with the lower NLL. Candidates hold
+    s0, pdff, r2star_s and nll, each of shape (N,)."""
+    chose_fat = fat["nll"] < water["nll"]
+    keys = ("pdff", "r2star_s", "s0")
+    pick = {k: np.where(chose_fat, fat[k], water[k]) for k in keys}
+    return Estimates(**pick, log_likelihood_ratio=np.abs(water["nll"] - fat["nll"]), chose_fat=chose_fat,
+                     candidates={"water": {k: water[k] for k in keys}, "fat": {k: fat[k] for k in keys}})
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from ..batching import chunk_slices
 from ..likelihood import rician_nll_per_voxel
 from ..signal_model import Acquisition
 from ..transforms import PDFF_BOUNDARY
-from .base import Estimates, ProgressCallback, TrainingSettings
+from .base import Estimates, ProgressCallback, TrainingSettings, choose_by_likelihood
 from .networks import PhysicsAutoencoder, TrainingHistory, normalise, split_indices, train
 
 _PREDICT_CHUNK = 32768
@@ -34,7 +34,8 @@ class SelfSupervisedDual:
             device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
         kinds = ("water", "fat")
         trained = train_networks(signals, acquisition, sigma, kinds, seed, device, self.settings, progress)
-        estimates = choose_by_likelihood(predict(trained.model, trained.x, trained.sigma), trained.scale)
+        water, fat = predict(trained.model, trained.x, trained.sigma, trained.scale)
+        estimates = choose_by_likelihood(water, fat)
         estimates.weights = {kind: network_file(trained.model, k, acquisition) for k, kind in enumerate(kinds)}
         estimates.provenance = trained.provenance(self)
         estimates.provenance |= {"PDFFBoundary": PDFF_BOUNDARY,
@@ -81,8 +82,10 @@ def network_file(model: PhysicsAutoencoder, k: int, acquisition: Acquisition) ->
             "echo_times_s": list(acquisition.echo_times_s), "field_strength_t": acquisition.field_strength_t}
 
 
-def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> list[dict[str, np.ndarray]]:
-    """Per network: candidate parameters and per-voxel NLL for normalised signals x (N, E)."""
+def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor,
+            scale: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+    """Per network: candidate parameters and per-voxel NLL for normalised signals x (N, E);
+    S0 multiplied back by `scale` (N,) when given."""
     parts: list[list[torch.Tensor]] = [[], [], [], []]
     model.eval()
     with torch.no_grad():
@@ -93,14 +96,30 @@ def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> 
             nll = rician_nll_per_voxel(x[sl], predicted, sigma[sl])
             for part, value in zip(parts, (s0, pdff, r2, nll)):
                 part.append(value.double().cpu())
-    stacked = [torch.cat(p, dim=1).numpy() for p in parts]
-    return [dict(zip(("s0", "pdff", "r2star_s", "nll"), (a[k] for a in stacked))) for k in range(len(model.kinds))]
+    s0, pdff, r2, nll = (torch.cat(p, dim=1).numpy() for p in parts)
+    if scale is not None:
+        s0 = s0 * scale
+    return [{"s0": s0[k], "pdff": pdff[k], "r2star_s": r2[k], "nll": nll[k]} for k in range(len(model.kinds))]
 
 
-def choose_by_likelihood(candidates: list[dict[str, np.ndarray]], scale: np.ndarray) -> Estimates:
-    """Per voxel, the water (first) or fat (second) candidate with the lower NLL; S0 in image units."""
-    water, fat = candidates
-    chose_fat = fat["nll"] < water["nll"]
-    pick = lambda key: np.where(chose_fat, fat[key], water[key])  # noqa: E731
-    return Estimates(pdff=pick("pdff"), r2star_s=pick("r2star_s"), s0=pick("s0") * scale,
-                     log_likelihood_ratio=np.abs(water["nll"] - fat["nll"]), chose_fat=chose_fat)
+class SingleNetwork:
+    """The naive baseline: one self-supervised network with PDFF free in [0, 1] (paper Fig. 4, 5).
+    It lands on the water- or the fat-dominant solution unpredictably."""
+
+    name = "single"
+    description = "one self-supervised network, PDFF unconstrained in [0, 1] (the naive baseline)"
+    reference = SelfSupervisedDual.reference
+
+    def __init__(self, settings: TrainingSettings = TrainingSettings()):
+        self.settings = settings
+
+    def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
+            device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
+        trained = train_networks(signals, acquisition, sigma, ("full",), seed, device, self.settings, progress)
+        (single,) = predict(trained.model, trained.x, trained.sigma, trained.scale)
+        chose_fat = single["pdff"] >= PDFF_BOUNDARY
+        estimates = Estimates(pdff=single["pdff"], r2star_s=single["r2star_s"], s0=single["s0"],
+                              log_likelihood_ratio=None, chose_fat=chose_fat)
+        estimates.weights = {"full": network_file(trained.model, 0, acquisition)}
+        estimates.provenance = trained.provenance(self) | {"ShareFatDominant": float(chose_fat.mean())}
+        return estimates
