@@ -218,3 +218,18 @@ def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
             raise InputDataError(f"{path}: negative values; this app needs magnitude images (part-mag)")
         volumes.append(data)
     return np.stack(volumes, axis=-1), reference
+
+
+def load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A user's mask (nonzero = in) as a boolean array that must have the image's `shape`."""
+    try:
+        data = np.asarray(nib.load(path).dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputDataError(f"{path}: cannot read the mask ({exc.__class__.__name__}: {exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.shape != shape:
+        raise InputDataError(f"{path}: mask shape {data.shape} differs from the image shape {shape}")
+    return data > 0

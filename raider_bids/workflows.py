@@ -11,12 +11,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from . import __version__
-from .bids_io import MegreRun, find_runs, load_filters, load_run
+from .bids_io import MegreRun, find_runs, load_filters, load_mask, load_run
 from .config import Config
 from .derivatives import (map_sidecar, output_path, prepare_output_dataset, write_json, write_nifti,
                           write_torch)
@@ -78,19 +77,6 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
     return results
 
 
-def _user_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        data = np.asarray(nib.load(path).dataobj)
-    except Exception as exc:
-        raise InputDataError(f"{path}: cannot read the mask ({exc.__class__.__name__}: {exc})") from None
-    data = data.reshape(data.shape[:3]) if data.ndim == 4 and data.shape[3] == 1 else data
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.shape != shape:
-        raise InputDataError(f"{path}: mask shape {data.shape} differs from the image shape {shape}")
-    return data > 0
-
-
 def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimator, device: torch.device,
                 progress=None) -> RunResult:
     timings: dict[str, float] = {}
@@ -101,7 +87,7 @@ def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimat
     t = time.perf_counter()
     if config.mask_file:
         # Voxels that are zero at every echo carry no information (and cannot be normalised).
-        mask = _user_mask(config.mask_file, data.shape[:3]) & (data.max(axis=-1) > 0)
+        mask = load_mask(config.mask_file, data.shape[:3]) & (data.max(axis=-1) > 0)
         mask_source = f"user: {config.mask_file}"
     else:
         mask = foreground_mask(data)
@@ -125,7 +111,7 @@ def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimat
     estimates = estimator.fit(signals, acquisition, sigma, seed=config.random_seed, device=device,
                               progress=progress)
     timings["EstimationSeconds"] = time.perf_counter() - t
-    log.info("%s: %.1f%% of voxels chose the fat network", run.name, 100 * estimates.chose_fat.mean())
+    log.info("%s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, 100 * estimates.chose_fat.mean())
 
     outputs = write_outputs(config, run, acquisition, reference, mask, estimates, estimator, noise,
                             mask_source, device, timings)
