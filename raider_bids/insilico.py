@@ -190,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", type=Path, help="where the grid dataset, maps, tables and figure go")
     parser.add_argument("--repetitions", type=int, default=100, help="noisy repetitions per grid point")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the single networks")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="seeds of the single networks (none: skip them)")
     parser.add_argument("--nprocs", type=int, help="CPU threads")
     parser.add_argument("--max-epochs", type=int, help="cap on training epochs (default: the app's)")
     args = parser.parse_args(argv)
