@@ -192,19 +192,25 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
                     field_strength_t=float(field_strength_t), bids_dir=bids_dir)
 
 
+def _read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """An image and its data, a singleton 4th axis dropped and a 2-D slice made 3-D."""
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputDataError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    return img, data
+
+
 def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Magnitudes of shape (X, Y, Z, n_echoes), float64, and the first echo's image (for geometry)."""
     volumes, reference = [], None
     for path in run.echo_files:
-        try:
-            img = nib.load(path)
-            data = np.asarray(img.dataobj, dtype=np.float64)
-        except Exception as exc:  # nibabel raises many types for corrupt files
-            raise InputDataError(f"{path}: cannot read the NIfTI image ({exc.__class__.__name__}: {exc})") from None
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim == 2:
-            data = data[..., None]
+        img, data = _read_volume(path, "the NIfTI image", np.float64)
         if data.ndim != 3:
             raise InputDataError(f"{path}: expected a 3-D image per echo, got shape {data.shape}")
         if reference is None:
@@ -222,14 +228,7 @@ def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 def load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A user's mask (nonzero = in) as a boolean array that must have the image's `shape`."""
-    try:
-        data = np.asarray(nib.load(path).dataobj)
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputDataError(f"{path}: cannot read the mask ({exc.__class__.__name__}: {exc})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[..., None]
+    _, data = _read_volume(path, "the mask")
     if data.shape != shape:
         raise InputDataError(f"{path}: mask shape {data.shape} differs from the image shape {shape}")
     return data > 0

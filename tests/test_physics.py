@@ -521,3 +521,19 @@ def test_mask_removes_small_isolated_specks():
 
 def test_mask_of_all_zero_image_is_empty():
     assert not foreground_mask(np.zeros((8, 8, 2, 4))).any()
+
+
+def test_fitting_model_value_and_jacobian_match_signal_model_and_autograd():
+    from raider_bids.estimators.model_fitting import _Model
+
+    acq = acquisition()
+    model = _Model(acq, torch.device("cpu"))
+    rng = np.random.default_rng(4)
+    theta = torch.tensor(np.column_stack([rng.uniform(0.5, 2, 20), rng.uniform(0.01, 0.99, 20),
+                                          rng.uniform(0, 400, 20)]))
+    f, jac = model.value_and_jacobian(theta)
+    np.testing.assert_allclose(f.numpy(), magnitude_signal(acq, *theta.numpy().T), rtol=1e-12)
+    reference = SignalModel(acq, dtype=torch.float64)
+    for i in range(theta.shape[0]):
+        auto = torch.autograd.functional.jacobian(lambda t: reference(t[:1], t[1:2], t[2:3])[0], theta[i])
+        np.testing.assert_allclose(jac[i].numpy(), auto.numpy(), rtol=1e-9, atol=1e-12)

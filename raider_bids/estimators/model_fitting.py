@@ -16,7 +16,7 @@ import torch
 
 from ..batching import chunk_slices
 from ..likelihood import rician_nll_per_voxel
-from ..signal_model import Acquisition
+from ..signal_model import Acquisition, SignalModel
 from ..transforms import PDFF_BOUNDARY
 
 R2STAR_MAX_S = 2000.0  # 1/s; MAGORINO's bound (2 ms^-1)
@@ -43,20 +43,16 @@ class _Model:
     """Magnitude model with its analytic Jacobian, float64 torch."""
 
     def __init__(self, acquisition: Acquisition, device: torch.device):
-        basis = acquisition.fat_basis()
-        self.cr = torch.tensor(basis.real, device=device)
-        self.ci = torch.tensor(basis.imag, device=device)
-        self.t = torch.tensor(acquisition.echo_times_s, dtype=torch.float64, device=device)
+        self.signal = SignalModel(acquisition, dtype=torch.float64).to(device)
+        self.cr, self.ci, self.t = self.signal.fat_real, self.signal.fat_imag, self.signal.echo_times_s
 
     def shape(self, pdff: torch.Tensor, r2star_s: torch.Tensor) -> torch.Tensor:
         """|S| / S0 for parameter vectors of shape (G,) -> (G, n_echoes)."""
-        p = pdff[:, None]
-        re = 1 - p + p * self.cr
-        im = p * self.ci
-        return torch.sqrt(re * re + im * im) * torch.exp(-r2star_s[:, None] * self.t)
+        return self.signal(torch.ones_like(pdff), pdff, r2star_s)
 
     def value_and_jacobian(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """theta (N, 3) = (S0, PDFF, R2*) -> f (N, E), J (N, E, 3)."""
+        """theta (N, 3) = (S0, PDFF, R2*) -> f (N, E), J (N, E, 3). The value repeats SignalModel's
+        arithmetic because the Jacobian needs its intermediate terms (tests check they agree)."""
         s0, p, r = theta[:, :1], theta[:, 1:2], theta[:, 2:3]
         re = 1 - p + p * self.cr
         im = p * self.ci
