@@ -61,6 +61,10 @@ def strip_sub(label: str) -> str:
     return label[4:] if label.startswith("sub-") else label
 
 
+def strip_ses(label: str) -> str:
+    return label[4:] if label.startswith("ses-") else label
+
+
 def load_filters(path: Path | None) -> dict[str, Any]:
     """The 'megre' query of a --bids-filter-file (null -> entity absent, "*" -> any value)."""
     if path is None:
@@ -111,9 +115,25 @@ def find_runs(bids_dir: Path, participant_labels: list[str] | None = None,
               session_labels: list[str] | None = None, filters: dict[str, Any] | None = None,
               field_strength_t: float | None = None) -> list[MegreRun]:
     """Every magnitude MEGRE run selected by the labels and filters, sorted by name."""
+    bids_dir = Path(bids_dir).resolve()
+    layout, groups = _select_runs(bids_dir, participant_labels, session_labels, filters)
+    runs = [_make_run(layout, bids_dir, key, paths, field_strength_t) for key, paths in groups.items()]
+    return sorted(runs, key=lambda r: r.name)
+
+
+def list_run_names(bids_dir: Path, participant_labels: list[str] | None = None,
+                   session_labels: list[str] | None = None,
+                   filters: dict[str, Any] | None = None) -> list[str]:
+    """Names (file prefixes) of the selected runs, from file names alone: no sidecar is read."""
+    _, groups = _select_runs(Path(bids_dir).resolve(), participant_labels, session_labels, filters)
+    return sorted("_".join(f"{k}-{v}" for k, v in key) for key in groups)
+
+
+def _select_runs(bids_dir: Path, participant_labels: list[str] | None, session_labels: list[str] | None,
+                 filters: dict[str, Any] | None):
+    """The pybids layout and the selected MEGRE files grouped by run (entities -> paths)."""
     from bids.layout import Query
 
-    bids_dir = Path(bids_dir).resolve()
     layout = _layout(bids_dir)
     subjects = sorted(layout.get_subjects())
     query = dict(_BASE_QUERY, part=[Query.NONE, "mag"])
@@ -126,7 +146,7 @@ def find_runs(bids_dir: Path, participant_labels: list[str] | None = None,
                              f"it has: {', '.join(subjects) or 'none'}")
         query["subject"] = labels
     if session_labels:
-        labels = sorted({s[4:] if s.startswith("ses-") else s for s in session_labels})
+        labels = sorted({strip_ses(s) for s in session_labels})
         sessions = sorted(layout.get_sessions(subject=query.get("subject", subjects)))
         missing = [s for s in labels if s not in sessions]
         if missing:
@@ -145,8 +165,7 @@ def find_runs(bids_dir: Path, participant_labels: list[str] | None = None,
     for f in map(Path, files):
         key = tuple((k, v) for k, v in parse_entities(f) if k not in _DROPPED_ENTITIES)
         groups[key].append(f)
-    runs = [_make_run(layout, bids_dir, key, paths, field_strength_t) for key, paths in groups.items()]
-    return sorted(runs, key=lambda r: r.name)
+    return layout, groups
 
 
 def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
@@ -192,7 +211,7 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
                     field_strength_t=float(field_strength_t), bids_dir=bids_dir)
 
 
-def _read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+def read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
     """An image and its data, a singleton 4th axis dropped and a 2-D slice made 3-D."""
     try:
         img = nib.load(path)
@@ -210,7 +229,7 @@ def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Magnitudes of shape (X, Y, Z, n_echoes), float64, and the first echo's image (for geometry)."""
     volumes, reference = [], None
     for path in run.echo_files:
-        img, data = _read_volume(path, "the NIfTI image", np.float64)
+        img, data = read_volume(path, "the NIfTI image", np.float64)
         if data.ndim != 3:
             raise InputDataError(f"{path}: expected a 3-D image per echo, got shape {data.shape}")
         if reference is None:
@@ -228,7 +247,7 @@ def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 def load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A user's mask (nonzero = in) as a boolean array that must have the image's `shape`."""
-    _, data = _read_volume(path, "the mask")
+    _, data = read_volume(path, "the mask")
     if data.shape != shape:
         raise InputDataError(f"{path}: mask shape {data.shape} differs from the image shape {shape}")
     return data > 0

@@ -15,7 +15,7 @@ from .estimators import ESTIMATORS, TrainingSettings
 from .fat_spectrum import PRESETS
 
 log = logging.getLogger("raider_bids")
-ANALYSIS_LEVELS = ("participant",)
+ANALYSIS_LEVELS = ("participant", "group")
 _DEFAULTS = Config(Path("."), Path("."))
 _TRAINING = TrainingSettings()
 
@@ -62,6 +62,13 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="raider-bids",
@@ -72,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bids_dir", type=Path, help="root of the raw BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path, help="where the BIDS-Derivatives dataset is written")
-    p.add_argument("analysis_level", help="processing stage: participant")
+    p.add_argument("analysis_level", help="participant: maps and a report per participant; group: ROI "
+                                          "statistics of the participant-level outputs and a group report")
     p.add_argument("--version", action="version", version=f"raider-bids {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more log detail (-v: every training epoch)")
@@ -86,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--bids-filter-file", type=_existing_file, metavar="FILE",
                      help='JSON {"megre": {"<entity>": value}} narrowing the MEGRE query '
                           '(null = entity absent, "*" = any value)')
+
+    grp = p.add_argument_group("group level")
+    grp.add_argument("--roi-dataset", nargs="+", action="extend", type=_existing_dir, metavar="DIR",
+                     help="BIDS derivative dataset(s) with *_label-<name>_mask and/or *_dseg (+ .tsv lookup) "
+                          "images on the MEGRE grid; default ROI: the participant-level foreground mask")
 
     phys = p.add_argument_group("signal model")
     phys.add_argument("--field-strength", type=_positive_float, metavar="TESLA",
@@ -140,8 +153,7 @@ def _check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None) -> Non
 
 def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
     if args.analysis_level not in ANALYSIS_LEVELS:
-        known = "not available in this version" if args.analysis_level == "group" else "unknown"
-        raise UnknownLevelError(f"analysis level {args.analysis_level!r} is {known}; "
+        raise UnknownLevelError(f"analysis level {args.analysis_level!r} is unknown; "
                                 f"expected one of: {', '.join(ANALYSIS_LEVELS)}")
     _check_paths(args.bids_dir, args.output_dir, args.work_dir)
     training = TrainingSettings(learning_rate=args.learning_rate, batch_size=args.batch_size,
@@ -155,6 +167,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         session_labels=tuple(args.session_label or ()),
         bids_filter_file=args.bids_filter_file, field_strength_t=args.field_strength,
         fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask, method=args.method,
+        roi_datasets=tuple(p.resolve() for p in args.roi_dataset or ()),
         write_candidates=args.write_candidates,
         training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs,
         command_line=("raider-bids", *argv))
@@ -225,9 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(config.nprocs)
-        from .workflows import participant
+        from .workflows import group, participant
 
-        log.info("raider-bids %s: %s -> %s", __version__, config.bids_dir, config.output_dir)
+        log.info("raider-bids %s %s: %s -> %s", __version__, config.analysis_level, config.bids_dir,
+                 config.output_dir)
+        if config.analysis_level == "group":
+            group(config)
+            return 0
         results = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
         log.info("done: %d run(s) written to %s", len(results), config.output_dir)
         return 0

@@ -22,6 +22,7 @@ class Config:
     fat_spectrum: str = DEFAULT_SPECTRUM
     sigma: float | None = None
     mask_file: Path | None = None
+    roi_datasets: tuple[Path, ...] = ()
     method: str = DEFAULT_METHOD
     write_candidates: bool = False
     training: TrainingSettings = field(default_factory=TrainingSettings)

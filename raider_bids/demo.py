@@ -1,7 +1,8 @@
 """A synthetic BIDS dataset with known truth, and the demo that runs the app on it.
 
-`raider-bids-demo [DIR]` writes DIR/bids (raw MEGRE data), DIR/truth (true maps), runs the
-participant level into DIR/derivatives and prints how close the maps came to the truth.
+`raider-bids-demo [DIR]` writes DIR/bids (raw MEGRE data) and DIR/rois (the true tissue
+segmentation, a BIDS derivative dataset), runs the participant level into DIR/derivatives, prints
+how close the maps came to the truth, then runs the group level with the tissues as ROIs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .transforms import PDFF_BOUNDARY
 # The paper's in vivo protocol (Sec. 3.3): 3 T, six echoes, TE1 = dTE = 1.15 ms.
 ECHO_TIMES_S = tuple(1.15e-3 * (i + 1) for i in range(6))
 FIELD_STRENGTH_T = 3.0
+AFFINE = np.diag([1.8, 1.8, 3.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,6 @@ def write_dataset(root: Path, shape: tuple[int, int, int] = (48, 48, 4), snr: fl
     (root / "MEGRE.json").write_text(json.dumps({"MagneticFieldStrength": FIELD_STRENGTH_T,
                                                  "MRAcquisitionType": "3D"}, indent=2))
     (root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
-    affine = np.diag([1.8, 1.8, 3.0, 1.0])
     truths = {}
     for subject in subjects:
         labels = make_phantom(shape)
@@ -101,12 +102,28 @@ def write_dataset(root: Path, shape: tuple[int, int, int] = (48, 48, 4), snr: fl
         anat.mkdir(parents=True, exist_ok=True)
         for i, te in enumerate(ECHO_TIMES_S):
             stem = anat / f"sub-{subject}_echo-{i + 1}_part-mag_MEGRE"
-            img = nib.Nifti1Image(signals[..., i].astype(np.float32), affine)
+            img = nib.Nifti1Image(signals[..., i].astype(np.float32), AFFINE)
             img.header.set_xyzt_units("mm", "sec")
             nib.save(img, f"{stem}.nii.gz")
             Path(f"{stem}.json").write_text(json.dumps({"EchoTime": te}, indent=2))
         truths[subject] = dict(truth, labels=labels, sigma=np.array(sigma))
     return truths
+
+
+def write_roi_dataset(root: Path, truths: dict[str, dict[str, np.ndarray]], affine: np.ndarray = AFFINE) -> None:
+    """The true tissue labels as a segmentation derivative: sub-<label>/anat/*_desc-tissues_dseg.nii.gz
+    with one top-level lookup table (inherited by every subject)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "raider-bids demo tissue segmentation", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "raider-bids-demo"}]}, indent=2))
+    (root / "desc-tissues_dseg.tsv").write_text(
+        "index\tname\n" + "".join(f"{t.label}\t{name}\n" for name, t in TISSUES.items()))
+    for subject, truth in truths.items():
+        anat = root / f"sub-{subject}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(truth["labels"].astype(np.int16), affine),
+                 anat / f"sub-{subject}_desc-tissues_dseg.nii.gz")
 
 
 def compare(truth: dict[str, np.ndarray], maps: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, float]:
@@ -131,9 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the dataset, truth and outputs go")
     parser.add_argument("--random-seed", type=int, default=0)
     args = parser.parse_args(argv)
-    bids_dir, out_dir = args.directory / "bids", args.directory / "derivatives"
+    bids_dir, out_dir, roi_dir = args.directory / "bids", args.directory / "derivatives", args.directory / "rois"
     truths = write_dataset(bids_dir, seed=args.random_seed)
-    print(f"synthetic dataset written to {bids_dir} (truth in memory; SNR 60, 3 T, 6 echoes)")
+    write_roi_dataset(roi_dir, truths)
+    print(f"synthetic dataset written to {bids_dir} (SNR 60, 3 T, 6 echoes); true tissues in {roi_dir}")
     code = cli_main([str(bids_dir), str(out_dir), "participant", "--random-seed", str(args.random_seed)])
     if code != 0:
         return code
@@ -152,7 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sel = mask & (truth["labels"] == tissue.label)
             print(f"  {name:<18}{truth['PDFFmap'][sel].mean():>10.3f}{maps['PDFFmap'][sel].mean():>11.3f}"
                   f"{truth['R2starmap'][sel].mean():>10.1f}{maps['R2starmap'][sel].mean():>11.1f}")
-    return 0
+    code = cli_main([str(bids_dir), str(out_dir), "group", "--roi-dataset", str(roi_dir)])
+    if code == 0:
+        print(f"\nROI statistics per tissue: {out_dir / 'group_roistats.tsv'}")
+        print(f"reports: {out_dir / 'sub-01.html'}, {out_dir / 'group.html'}")
+    return code
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,11 +15,17 @@ import nibabel as nib
 import numpy as np
 
 from . import CODE_URL, NAME, __version__
-from .bids_io import MegreRun
+from .bids_io import MegreRun, parse_entities
 from .errors import OutputError
 
+log = logging.getLogger(__name__)
+
 BIDS_VERSION = "1.10.0"
-BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_provenance.json", "*_weights.pt")
+# The validator flags the figures directories themselves: a pattern with a trailing slash misses them.
+BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_provenance.json", "*_weights.pt", "*.html", "figures",
+              "group_roistats.*")
+# What a finished run has; the provenance is written last, so it marks a run as finished.
+RUN_OUTPUTS = ("PDFFmap", "R2starmap", "S0map", "mask", "provenance")
 DESCRIPTIONS = {
     "foreground": "voxels holding signal (automatic or user-given mask); the maps are estimated here only",
     "water": "the water-dominant candidate, PDFF constrained to [0, 0.58] (water network, or water-side fit)",
@@ -36,6 +44,12 @@ Per MEGRE run, in sub-<label>/[ses-<label>/]anat/:
   *_provenance.json   how the maps were made (versions, options, seed, noise level, training)
   *_desc-<water|fat|full>_weights.pt  trained networks (torch.load(..., weights_only=True))
 Each map has a JSON sidecar with units, sources and the estimation method.
+
+Reports (open in any browser, offline):
+  sub-<label>.html    per participant: maps, training curves, histograms, provenance
+                      (figures in sub-<label>/figures/)
+  group.html          ROI statistics across participants (figures in figures/)
+  group_roistats.tsv  ROI statistics, one row per run x ROI x map (data dictionary in .json)
 """
 # suffix -> (Description, Units)
 MAPS = {
@@ -83,6 +97,12 @@ def write_nifti(target: Path, data: np.ndarray, reference: nib.Nifti1Image, dtyp
     img.header.set_slope_inter(1.0, 0.0)
     with atomic_path(target) as tmp:
         nib.save(img, tmp)
+
+
+def write_figure(target: Path, figure) -> None:
+    """A matplotlib figure as PNG."""
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
 
 
 def write_torch(target: Path, obj: Any) -> None:
@@ -164,3 +184,77 @@ def map_sidecar(run: MegreRun, suffix: str, algorithm: str, reference: str, desc
             "EstimationAlgorithm": algorithm, "EstimationReference": reference,
             "EchoTime": list(run.echo_times_s), "MagneticFieldStrength": run.field_strength_t,
             "SkullStripped": False}
+
+
+def report_path(output_dir: Path, subject: str) -> Path:
+    return output_dir / f"sub-{subject}.html"
+
+
+def figure_directory(output_dir: Path, subject: str | None) -> Path:
+    """Where a participant's (or, for None, the group's) report figures go."""
+    return output_dir / f"sub-{subject}" / "figures" if subject else output_dir / "figures"
+
+
+@dataclass
+class RunOutputs:
+    """What the participant level left for one run."""
+
+    name: str  # filename prefix, e.g. sub-01_ses-1_run-1
+    entities: tuple[tuple[str, str], ...]
+    files: dict[str, Path]  # suffix (PDFFmap, ..., mask, provenance) -> existing file
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        return dict(self.entities)["sub"]
+
+    @property
+    def session(self) -> str | None:
+        return dict(self.entities).get("ses")
+
+    @property
+    def missing(self) -> list[str]:
+        return [s for s in RUN_OUTPUTS if s not in self.files]
+
+    @property
+    def finished(self) -> bool:
+        return not self.missing
+
+
+def _run_files(directory: Path, name: str) -> dict[str, Path]:
+    candidates = {s: directory / f"{name}_{s}.nii.gz" for s in MAPS} | {
+        "mask": directory / f"{name}_desc-foreground_mask.nii.gz",
+        "provenance": directory / f"{name}_provenance.json"}
+    return {s: p for s, p in candidates.items() if p.is_file()}
+
+
+def find_run_outputs(output_dir: Path) -> list[RunOutputs]:
+    """Every run the participant level wrote (finished or not) in `output_dir`, sorted by name."""
+    names: dict[str, Path] = {}
+    for pattern in ("*_PDFFmap.nii.gz", "*_provenance.json"):
+        for path in output_dir.glob(f"sub-*/**/anat/{pattern}"):
+            name = path.name.rsplit("_", 1)[0]
+            if "desc" not in dict(parse_entities(path)) and not path.name.startswith("."):
+                names[name] = path.parent
+    runs = []
+    for name, directory in sorted(names.items()):
+        files = _run_files(directory, name)
+        provenance: dict = {}
+        if "provenance" in files:
+            try:
+                provenance = json.loads(files["provenance"].read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("%s: unreadable provenance (%s)", files.pop("provenance"), exc)
+        runs.append(RunOutputs(name, tuple(parse_entities(directory / f"{name}_x")), files, provenance))
+    return runs
+
+
+def write_tsv(target: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A BIDS TSV: tab-separated, header row, missing values as n/a."""
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            return "n/a"
+        return format(value, ".8g") if isinstance(value, float) else str(value)
+
+    lines = ["\t".join(columns)] + ["\t".join(cell(row.get(c)) for c in columns) for row in rows]
+    write_text(target, "\n".join(lines) + "\n")

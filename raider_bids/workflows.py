@@ -1,4 +1,5 @@
-"""Participant-level orchestration: for each selected run, mask, noise, estimate, write."""
+"""Orchestration. Participant level: for each selected run, mask, noise, estimate, write, then a
+report per participant. Group level: ROI statistics of the participant-level outputs and a report."""
 
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bids_io import MegreRun, find_runs, load_filters, load_mask, load_run
+from .bids_io import (MegreRun, find_runs, list_run_names, load_filters, load_mask, load_run, read_volume,
+                      strip_ses, strip_sub)
 from .config import Config
-from .derivatives import (map_sidecar, output_path, prepare_output_dataset, write_json, write_nifti,
-                          write_torch)
-from .errors import InputDataError, UsageError
+from .derivatives import (RunOutputs, find_run_outputs, map_sidecar, output_path, prepare_output_dataset,
+                          write_json, write_nifti, write_torch, write_tsv)
+from .errors import InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, UsageError
 from .estimators import ProgressCallbackFactory, get_estimator
 from .fat_spectrum import load_fat_spectrum
 from .mask import foreground_mask
 from .noise import estimate_sigma
+from .reports import group_report, participant_report
+from .rois import Roi, applies_to, find_roi_files, load_rois
+from .roistats import COLUMNS, DATA_DICTIONARY, STATISTIC_MAPS, roi_rows
 from .signal_model import Acquisition
 
 log = logging.getLogger(__name__)
@@ -74,7 +79,17 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
         callback = progress(run.name) if progress else None
         results.append(process_run(config, run, Acquisition(run.echo_times_s, run.field_strength_t, spectrum),
                                    estimator, device, callback))
+    write_participant_reports(config, sorted({r.run.subject for r in results}))
     return results
+
+
+def write_participant_reports(config: Config, subjects: list[str]) -> None:
+    """sub-<label>.html for each subject, covering all its finished runs in the output dataset."""
+    outputs = find_run_outputs(config.output_dir)
+    for subject in subjects:
+        path = participant_report(config.output_dir, subject, [r for r in outputs if r.subject == subject],
+                                  config.bids_dir)
+        log.info("report: %s", path)
 
 
 def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimator, device: torch.device,
@@ -173,3 +188,86 @@ def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, refer
     write_json(path, provenance)
     outputs["provenance"] = path
     return outputs
+
+
+GROUP_TABLE = "group_roistats"
+
+
+@dataclass
+class GroupResult:
+    table: Path
+    report: Path
+    runs: list[RunOutputs]
+    problems: dict[str, str]  # run or participant -> why it is not summarised
+
+
+def _expected_runs(config: Config) -> set[str]:
+    """Run names the raw dataset holds (file names only); empty, with a warning, if it cannot be read."""
+    try:
+        return set(list_run_names(config.bids_dir, list(config.participant_labels),
+                                  list(config.session_labels), load_filters(config.bids_filter_file)))
+    except (MissingInputError, NoFilesSelectedError, InputDataError) as exc:
+        log.warning("cannot list the runs of the raw dataset, so runs without outputs go unnoticed (%s)", exc)
+        return set()
+
+
+def _selected(run: RunOutputs, config: Config) -> bool:
+    subjects = {strip_sub(p) for p in config.participant_labels}
+    sessions = {strip_ses(s) for s in config.session_labels}
+    return (not subjects or run.subject in subjects) and (not sessions or run.session in sessions)
+
+
+def _load_output(path: Path) -> tuple[object, np.ndarray]:
+    return read_volume(path, "a participant-level output", np.float64)
+
+
+def group(config: Config) -> GroupResult:
+    """ROI statistics of every finished run in the output dataset, a data dictionary and a report.
+    Runs without (finished) outputs are listed, not fatal; an ROI on another grid is fatal."""
+    out = config.output_dir
+    if not (out / "dataset_description.json").is_file():
+        raise MissingInputError(f"{out}: no participant-level outputs (no dataset_description.json); "
+                                "run the participant level first")
+    expected = _expected_runs(config)
+    found = [r for r in find_run_outputs(out) if _selected(r, config)]
+    problems = {name: "missing: no outputs (the participant level was not run for it, or failed)"
+                for name in sorted(expected - {r.name for r in found})}
+    problems |= {r.name: f"failed: incomplete outputs (no {', '.join(r.missing)}); the participant level "
+                         "did not finish" for r in found if not r.finished}
+    roi_files = find_roi_files(list(config.roi_datasets)) if config.roi_datasets else []
+    rows: list[dict] = []
+    summarised: list[RunOutputs] = []
+    for run in (r for r in found if r.finished):
+        try:
+            reference, foreground = _load_output(run.files["mask"])
+            maps = {name: _load_output(run.files[suffix])[1] for name, suffix in STATISTIC_MAPS.items()}
+        except InputDataError as exc:
+            problems[run.name] = f"failed: {exc}"
+            continue
+        if roi_files:
+            matching = [f for f in roi_files if applies_to(f, run.entities)]
+            rois = load_rois(matching, reference, run.files["PDFFmap"])
+            if not rois:
+                log.warning("%s: no ROI in %s applies to this run", run.name,
+                            ", ".join(str(d) for d in config.roi_datasets))
+        else:
+            rois = [Roi("foreground", f"{out.name}:{run.files['mask'].relative_to(out).as_posix()}", foreground > 0)]
+        method = run.provenance.get("Estimation", {}).get("Method", "n/a")
+        rows += roi_rows(dict(run.entities), run.name, method, maps, foreground > 0, rois)
+        summarised.append(run)
+    for name, why in sorted(problems.items()):
+        log.warning("%s: not in the group statistics: %s", name, why)
+    if not summarised:
+        raise MissingInputError(f"{out}: no finished participant-level outputs to summarise"
+                                + (" for the selected participants/sessions" if config.participant_labels
+                                   or config.session_labels else "") + "; run the participant level first")
+    unused = [f.source for f in roi_files if not any(applies_to(f, r.entities) for r in summarised)]
+    if unused:
+        log.warning("ROI file(s) matching none of the runs: %s", ", ".join(unused))
+    prepare_output_dataset(out, config.bids_dir)
+    table = out / f"{GROUP_TABLE}.tsv"
+    write_json(table.with_suffix(".json"), DATA_DICTIONARY)
+    write_tsv(table, COLUMNS, rows)
+    report = group_report(out, rows, summarised, problems, GROUP_TABLE)
+    log.info("group: %d run(s), %d row(s) in %s; report %s", len(summarised), len(rows), table, report)
+    return GroupResult(table, report, summarised, problems)

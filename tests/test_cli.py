@@ -169,7 +169,8 @@ P = "participant"
 ERRORS = [
     # analysis level
     pytest.param(["{bids}", "{out}", "banana"], 17, ["'banana'", "participant"], None, id="level-banana"),
-    pytest.param(["{bids}", "{out}", "group"], 17, ["'group'", "participant"], None, id="level-group"),
+    pytest.param(["{bids}", "{out}", "group"], 66, ["no participant-level outputs", "participant level first"],
+                 None, id="group-before-participant"),
     # output and work directories
     pytest.param(["{bids}", "{bids}", P], 64, ["output_dir", "is the BIDS directory"], None, id="out-is-bids"),
     pytest.param(["{bids}", "{bids}/../bids", P], 64, ["is the BIDS directory"], None, id="out-is-bids-dotdot"),
