@@ -15,6 +15,8 @@ from .errors import InputDataError, MissingInputError
 
 # Entities that describe the ROI itself rather than which acquisition it belongs to.
 DESCRIPTIVE_ENTITIES = frozenset({"label", "desc", "space", "atlas", "res", "den", "seg", "hemi"})
+# Index entities are numbers (run-1 = run-01); labels (sub, ses, acq, ...) compare as written.
+INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk", "split"})
 _AFFINE_TOLERANCE_MM = 1e-3
 
 
@@ -41,20 +43,21 @@ class Roi:
     voxels: np.ndarray  # bool, the run's grid
 
 
-def _same_value(a: str, b: str) -> bool:
-    # run-1 and run-01 are the same run.
-    return int(a) == int(b) if a.isdigit() and b.isdigit() else a == b
+def _same_value(key: str, a: str, b: str) -> bool:
+    if key in INDEX_ENTITIES and a.isdigit() and b.isdigit():
+        return int(a) == int(b)
+    return a == b
 
 
 def applies_to(roi: RoiFile, run_entities: tuple[tuple[str, str], ...]) -> bool:
     """An ROI belongs to a run when every non-descriptive entity it has, the run has with the same value."""
     run = dict(run_entities)
-    return all(k in DESCRIPTIVE_ENTITIES or (k in run and _same_value(v, run[k])) for k, v in roi.entities)
+    return all(k in DESCRIPTIVE_ENTITIES or (k in run and _same_value(k, v, run[k])) for k, v in roi.entities)
 
 
 def _is_subset(small: list[tuple[str, str]], large: list[tuple[str, str]]) -> bool:
     have = dict(large)
-    return all(k in have and _same_value(v, have[k]) for k, v in small)
+    return all(k in have and _same_value(k, v, have[k]) for k, v in small)
 
 
 def _lookup_table(image: Path, dataset: Path, tables: list[Path]) -> tuple[tuple[int, str], ...]:

@@ -22,7 +22,9 @@ DATA_DICTIONARY = {
     "roi": {"LongName": "Region of interest", "Description": "label of a *_label-<label>_mask, a name from a "
                                                               "segmentation's lookup table, or 'foreground' "
                                                               "(the participant-level mask) without ROI datasets"},
-    "roi_source": {"LongName": "ROI file", "Description": "<dataset folder>:<path in it> of the ROI image"},
+    "roi_source": {"LongName": "ROI file", "Description": "the ROI image: <dataset folder>:<path in it> for "
+                                                          "--roi-dataset files, bids::<path> (this dataset) "
+                                                          "for the foreground mask"},
     "map": {"LongName": "Parameter map", "Description": "which map the statistics are of",
             "Levels": {"PDFF": "proton density fat fraction (*_PDFFmap)", "R2star": "R2* (*_R2starmap)",
                        "S0": "signal at echo time 0 (*_S0map)"}},

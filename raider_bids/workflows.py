@@ -251,7 +251,7 @@ def group(config: Config) -> GroupResult:
                 log.warning("%s: no ROI in %s applies to this run", run.name,
                             ", ".join(str(d) for d in config.roi_datasets))
         else:
-            rois = [Roi("foreground", f"{out.name}:{run.files['mask'].relative_to(out).as_posix()}", foreground > 0)]
+            rois = [Roi("foreground", f"bids::{run.files['mask'].relative_to(out).as_posix()}", foreground > 0)]
         method = run.provenance.get("Estimation", {}).get("Method", "n/a")
         rows += roi_rows(dict(run.entities), run.name, method, maps, foreground > 0, rois)
         summarised.append(run)
