@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -225,11 +228,31 @@ def _close_logging() -> None:
         log.removeHandler(handler)
 
 
+@contextlib.contextmanager
+def _matplotlib_config_dir(work_dir: Path | None):
+    """Keep matplotlib's configuration and font cache out of HOME (it may be unwritable, and the
+    app writes only to its output and work directories): the work dir, or a temporary directory
+    removed at exit. A MPLCONFIGDIR already set (as in the container image) is kept."""
+    if os.environ.get("MPLCONFIGDIR"):
+        yield Path(os.environ["MPLCONFIGDIR"])
+    elif work_dir is not None:
+        os.environ["MPLCONFIGDIR"] = str(work_dir / "matplotlib")
+        yield work_dir / "matplotlib"
+    else:
+        with tempfile.TemporaryDirectory(prefix="raider-bids-matplotlib-") as tmp:
+            os.environ["MPLCONFIGDIR"] = tmp
+            try:
+                yield Path(tmp)
+            finally:
+                del os.environ["MPLCONFIGDIR"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    stack = contextlib.ExitStack()
     try:
         config = config_from_args(args, argv)
         if config.work_dir:
@@ -238,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(config.nprocs)
+        scratch = stack.enter_context(_matplotlib_config_dir(config.work_dir))
         from .workflows import group, participant
+
+        log.debug("matplotlib configuration and caches in %s", scratch)
 
         log.info("raider-bids %s %s: %s -> %s", __version__, config.analysis_level, config.bids_dir,
                  config.output_dir)
@@ -255,4 +281,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("raider-bids: interrupted", file=sys.stderr)
         return 130
     finally:
+        stack.close()
         _close_logging()

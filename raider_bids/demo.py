@@ -147,11 +147,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", nargs="?", type=Path, default=Path("raider-bids-demo"),
                         help="where the dataset, truth and outputs go")
     parser.add_argument("--random-seed", type=int, default=0)
+    parser.add_argument("--participants", type=int, default=1, help="how many participants to simulate")
+    parser.add_argument("--data-only", action="store_true",
+                        help="only write the datasets (DIR/bids, DIR/rois); do not run the app")
     args = parser.parse_args(argv)
     bids_dir, out_dir, roi_dir = args.directory / "bids", args.directory / "derivatives", args.directory / "rois"
-    truths = write_dataset(bids_dir, seed=args.random_seed)
+    subjects = tuple(f"{i:02d}" for i in range(1, args.participants + 1))
+    truths = write_dataset(bids_dir, subjects=subjects, seed=args.random_seed)
     write_roi_dataset(roi_dir, truths)
     print(f"synthetic dataset written to {bids_dir} (SNR 60, 3 T, 6 echoes); true tissues in {roi_dir}")
+    if args.data_only:
+        return 0
     code = cli_main([str(bids_dir), str(out_dir), "participant", "--random-seed", str(args.random_seed)])
     if code != 0:
         return code
@@ -173,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = cli_main([str(bids_dir), str(out_dir), "group", "--roi-dataset", str(roi_dir)])
     if code == 0:
         print(f"\nROI statistics per tissue: {out_dir / 'group_roistats.tsv'}")
-        print(f"reports: {out_dir / 'sub-01.html'}, {out_dir / 'group.html'}")
+        print(f"reports: {out_dir / 'sub-01.html'} (one per participant), {out_dir / 'group.html'}")
     return code
 
 
