@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -14,13 +15,12 @@ from typing import Sequence
 from . import __version__
 from .config import Config
 from .errors import OutputError, RaiderError, UnknownLevelError, UsageError
-from .estimators import ESTIMATORS, TrainingSettings
+from .estimators import DEFAULT_TRAINING, ESTIMATORS, TRAINING_PRESETS
 from .fat_spectrum import PRESETS
 
 log = logging.getLogger("raider_bids")
 ANALYSIS_LEVELS = ("participant", "group")
 _DEFAULTS = Config(Path("."), Path("."))
-_TRAINING = TrainingSettings()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,12 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "network (the naive baseline, for comparison)")
     est.add_argument("--write-candidates", action="store_true",
                      help="also write the water and fat candidates' maps (desc-water, desc-fat)")
-    est.add_argument("--learning-rate", type=_positive_float, default=_TRAINING.learning_rate)
-    est.add_argument("--batch-size", type=_positive_int, default=_TRAINING.batch_size)
-    est.add_argument("--patience", type=_positive_int, default=_TRAINING.patience,
+    fast, paper = TRAINING_PRESETS["fast"], TRAINING_PRESETS["paper"]
+    est.add_argument("--training", choices=sorted(TRAINING_PRESETS), default=DEFAULT_TRAINING,
+                     help=f"network training: paper = the paper's settings (batch {paper.batch_size}, learning "
+                          f"rate {paper.learning_rate:g}, an epoch = one pass over the voxels); fast = batch "
+                          f"{fast.batch_size}, learning rate {fast.learning_rate:g}, an epoch = "
+                          f"{fast.steps_per_epoch} random mini-batches, validation on at most "
+                          f"{fast.max_validation_voxels} voxels. The options below override either")
+    est.add_argument("--learning-rate", type=_positive_float)
+    est.add_argument("--batch-size", type=_positive_int)
+    est.add_argument("--patience", type=_positive_int,
                      help="epochs without a better validation loss before training stops")
-    est.add_argument("--max-epochs", type=_positive_int, default=_TRAINING.max_epochs)
-    est.add_argument("--validation-fraction", type=_fraction, default=_TRAINING.validation_fraction,
+    est.add_argument("--max-epochs", type=_positive_int)
+    est.add_argument("--validation-fraction", type=_fraction,
                      help="share of foreground voxels held out for early stopping")
     est.add_argument("--random-seed", type=int, default=_DEFAULTS.random_seed,
                      help="seed of weights, split and shuffling: the same seed on CPU gives identical maps")
@@ -159,9 +166,9 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         raise UnknownLevelError(f"analysis level {args.analysis_level!r} is unknown; "
                                 f"expected one of: {', '.join(ANALYSIS_LEVELS)}")
     _check_paths(args.bids_dir, args.output_dir, args.work_dir)
-    training = TrainingSettings(learning_rate=args.learning_rate, batch_size=args.batch_size,
-                                patience=args.patience, max_epochs=args.max_epochs,
-                                validation_fraction=args.validation_fraction)
+    overrides = {k: getattr(args, k) for k in ("learning_rate", "batch_size", "patience", "max_epochs",
+                                               "validation_fraction") if getattr(args, k) is not None}
+    training = dataclasses.replace(TRAINING_PRESETS[args.training], **overrides)
     return Config(
         bids_dir=args.bids_dir.resolve(), output_dir=args.output_dir.resolve(),
         analysis_level=args.analysis_level,

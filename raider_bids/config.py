@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .estimators import DEFAULT_METHOD, TrainingSettings
+from .estimators import DEFAULT_METHOD, DEFAULT_TRAINING, TRAINING_PRESETS, TrainingSettings
 from .fat_spectrum import DEFAULT_SPECTRUM
 
 
@@ -25,7 +25,7 @@ class Config:
     roi_datasets: tuple[Path, ...] = ()
     method: str = DEFAULT_METHOD
     write_candidates: bool = False
-    training: TrainingSettings = field(default_factory=TrainingSettings)
+    training: TrainingSettings = field(default_factory=lambda: TRAINING_PRESETS[DEFAULT_TRAINING])
     random_seed: int = 0
     device: str = "auto"
     nprocs: int | None = None

@@ -194,8 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seeds of the single networks (none: skip them)")
     parser.add_argument("--nprocs", type=int, help="CPU threads")
     parser.add_argument("--max-epochs", type=int, help="cap on training epochs (default: the app's)")
+    parser.add_argument("--training", help="the app's --training preset (default: the app's)")
     args = parser.parse_args(argv)
     extra = [*(["--nprocs", str(args.nprocs)] if args.nprocs else []),
+             *(["--training", args.training] if args.training else []),
              *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else [])]
     results = run_experiment(args.directory, args.repetitions, args.seeds, extra)
     print(f"\n{'method':<32}{'|bias|':>8}{'SD':>8}{'swaps':>8}{'fat side':>9}{'R2* MAE':>9}{'S0 MAE':>8}{'seconds':>9}")

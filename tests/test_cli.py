@@ -293,3 +293,19 @@ def test_run_py_subprocess_exit_code(bids, tmp_path):
     assert proc.returncode == 64, proc.stderr
     assert "Traceback" not in proc.stderr
     assert_one_error(proc.stderr, "is the BIDS directory")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], {"batch_size": 1024, "learning_rate": 5e-3, "steps_per_epoch": 100, "max_epochs": 80}),
+    (["--training", "paper"], {"batch_size": 128, "learning_rate": 1e-3, "steps_per_epoch": None,
+                               "max_epochs": 1000, "final_lr_fraction": None}),
+    (["--training", "paper", "--batch-size", "256"], {"batch_size": 256, "learning_rate": 1e-3}),
+    (["--max-epochs", "7", "--patience", "3"], {"batch_size": 1024, "max_epochs": 7, "patience": 3}),
+])
+def test_training_presets_and_overrides(tmp_path, argv, expected):
+    from raider_bids.cli import build_parser, config_from_args
+
+    full = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", *argv]
+    config = config_from_args(build_parser().parse_args(full), full)
+    for key, value in expected.items():
+        assert getattr(config.training, key) == value, key

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import UsageError
-from .base import Estimates, Estimator, ProgressCallback, ProgressCallbackFactory, TrainingSettings
+from .base import (DEFAULT_TRAINING, TRAINING_PRESETS, Estimates, Estimator, ProgressCallback,
+                   ProgressCallbackFactory, TrainingSettings)
 from .conventional_fit import ConventionalFit
 from .dual_network import SelfSupervisedDual, SingleNetwork
 
@@ -18,5 +19,5 @@ def get_estimator(name: str, settings: TrainingSettings) -> Estimator:
     return ESTIMATORS[name](settings)
 
 
-__all__ = ["ESTIMATORS", "DEFAULT_METHOD", "Estimates", "Estimator", "ProgressCallback", "ProgressCallbackFactory",
+__all__ = ["ESTIMATORS", "DEFAULT_METHOD", "DEFAULT_TRAINING", "TRAINING_PRESETS", "Estimates", "Estimator", "ProgressCallback", "ProgressCallbackFactory",
            "TrainingSettings", "get_estimator"]

@@ -68,7 +68,7 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     x, sig, scale = normalise(signals, sigma, device)
-    train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng)
+    train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng, settings.max_validation_voxels)
     train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
     model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
     histories = train(model, x[train_t], sig[train_t], x[val_t], sig[val_t], settings, generator,

@@ -129,6 +129,7 @@ def train(model: PhysicsAutoencoder, x_train: torch.Tensor, sigma_train: torch.T
     k_nets = len(model.kinds)
     histories = [TrainingHistory(kind, seed) for kind, seed in zip(model.kinds, seeds)]
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    schedule = _cosine_schedule(optimiser, settings)
     best_loss = per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist()
     best_state = [model.network_state(k) for k in range(k_nets)]
     waited = [0] * k_nets
@@ -138,22 +139,24 @@ def train(model: PhysicsAutoencoder, x_train: torch.Tensor, sigma_train: torch.T
     for h in histories:
         h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
     for epoch in range(1, settings.max_epochs + 1):
-        # Each network draws its own mini-batch order.
-        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(k_nets)]).to(x_train.device)
         running = torch.zeros(k_nets, dtype=torch.float64)
-        for sl in chunk_slices(n, settings.batch_size):
-            idx = order[:, sl]
+        seen = 0
+        for idx in _epoch_batches(n, k_nets, settings, generator):
+            idx = idx.to(x_train.device)
             nll = rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx])  # (K, B)
             per_network = nll.mean(dim=1)
             optimiser.zero_grad(set_to_none=True)
             per_network.sum().backward()
             optimiser.step()
-            running += per_network.detach().cpu().double() * (sl.stop - sl.start)
+            if schedule is not None:
+                schedule.step()
+            running += per_network.detach().cpu().double() * idx.shape[1]
+            seen += idx.shape[1]
         val = per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist()
         for k, h in enumerate(histories):
             if not active[k]:
                 continue
-            h.train_loss.append(float(running[k]) / n)
+            h.train_loss.append(float(running[k]) / seen)
             h.validation_loss.append(val[k])
             h.epochs = epoch
             h.seconds = time.perf_counter() - start
@@ -176,6 +179,28 @@ def train(model: PhysicsAutoencoder, x_train: torch.Tensor, sigma_train: torch.T
     return histories
 
 
+def _cosine_schedule(optimiser: torch.optim.Optimizer, settings: TrainingSettings):
+    """Learning rate annealed along a half cosine to `final_lr_fraction` of its start over the
+    whole step budget (max_epochs x steps_per_epoch); None when there is no such budget."""
+    if settings.final_lr_fraction is None or settings.steps_per_epoch is None:
+        return None
+    total, final = settings.max_epochs * settings.steps_per_epoch, settings.final_lr_fraction
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def _epoch_batches(n: int, k_nets: int, settings: TrainingSettings, generator: torch.Generator):
+    """Mini-batch indices (K, B) of one epoch; each network draws its own."""
+    if settings.steps_per_epoch is None:
+        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(k_nets)])
+        for sl in chunk_slices(n, settings.batch_size):
+            yield order[:, sl]
+    else:
+        batch = min(settings.batch_size, n)
+        for _ in range(settings.steps_per_epoch):
+            yield torch.randint(n, (k_nets, batch), generator=generator)
+
+
 def normalise(signals: np.ndarray, sigma: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Divide each voxel by its largest echo; sigma is divided by the same factor so the Rician
     likelihood is unchanged up to a constant. Returns (x (N, E), sigma (N, 1), scale (N,))."""
@@ -186,8 +211,9 @@ def normalise(signals: np.ndarray, sigma: float, device: torch.device) -> tuple[
     return x, s, torch.as_tensor(scale, dtype=torch.float64)
 
 
-def split_indices(n: int, validation_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, validation_fraction: float, rng: np.random.Generator,
+                  max_validation: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Random train/validation split of range(n); both parts non-empty for n >= 2."""
     order = rng.permutation(n)
-    n_val = min(max(1, int(round(validation_fraction * n))), n - 1)
+    n_val = min(max(1, int(round(validation_fraction * n))), n - 1, max_validation or n)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
