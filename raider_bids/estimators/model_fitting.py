@@ -25,7 +25,8 @@ _CHUNK = 16384
 GRID_PDFF_POINTS = 21  # per PDFF range
 GRID_R2STAR_POINTS = 31  # over 0..R2STAR_GRID_MAX_S
 LM_ITERATIONS = 60
-_RICIAN_GRID_CHUNK = 256
+LM_TOLERANCE = 1e-10  # relative loss gain below which a voxel has converged
+RICIAN_RERANK = 8  # grid points re-scored with the Rician loss
 
 
 @dataclass
@@ -129,52 +130,63 @@ def _grid_starts(m: torch.Tensor, basis: torch.Tensor, basis_norm2: torch.Tensor
     row nearest the water/fat boundary (where a half-range's second basin sits when the truth
     is near 0.58: a coarse grid merges it with the first).
 
-    S0 is profiled by least squares; the grid is scored with the fit's own loss (in float32:
-    it only ranks starts), since near the noise floor Rician and Gaussian basins differ."""
-    proj = m @ basis.T  # (n, G), G = n_pdff * n_r2star, PDFF-major
-    s0 = (proj / basis_norm2).clamp_min(0)
-    if loss.sigma is None:
-        score = (m * m).sum(1, keepdim=True) - 2 * s0 * proj + s0 * s0 * basis_norm2
-    else:
-        scorer = _Loss(loss.sigma.float())
-        basis32, m32, s032 = basis.float(), m.float(), s0.float()
-        score = torch.cat([scorer.value(m32[sl, None, :], s032[sl, :, None] * basis32[None])
-                           for sl in chunk_slices(m.shape[0], _RICIAN_GRID_CHUNK)])
-    n_r2star = score.shape[1] // pdff_values.numel()
-    best = score.argmin(dim=1)
+    S0 is profiled by least squares and every grid point scored by the residual sum of squares
+    (one matrix product); for the Rician loss the RICIAN_RERANK best points of the grid and of the
+    boundary row are scored again with it, since near the noise floor the two basins differ."""
+    # Magnitudes and the basis are >= 0, so the profiled S0 = proj / |b|^2 is too, and the residual
+    # sum of squares is |m|^2 - proj^2 / |b|^2: ranking needs only the second term (float32 will do).
+    proj = m.float() @ basis.float().T  # (n, G), G = n_pdff * n_r2star, PDFF-major
+    rss = -(proj * proj) / basis_norm2.float()
+    n_r2star = rss.shape[1] // pdff_values.numel()
     boundary_row = int((pdff_values - PDFF_BOUNDARY).abs().argmin())
-    at_boundary = boundary_row * n_r2star + score[:, boundary_row * n_r2star:(boundary_row + 1) * n_r2star].argmin(dim=1)
-    return best, at_boundary
+    row = slice(boundary_row * n_r2star, (boundary_row + 1) * n_r2star)
+    if loss.sigma is None:
+        return rss.argmin(dim=1), row.start + rss[:, row].argmin(dim=1)
+    picks = []
+    for candidates in (rss.topk(min(RICIAN_RERANK, rss.shape[1]), dim=1, largest=False).indices,
+                       row.start + rss[:, row].topk(min(RICIAN_RERANK, n_r2star), dim=1, largest=False).indices):
+        s0 = proj.gather(1, candidates).double() / basis_norm2[candidates]
+        nu = s0[..., None] * basis[candidates]  # (n, K, E)
+        score = loss.value(m[:, None, :], nu)
+        picks.append(candidates.gather(1, score.argmin(dim=1, keepdim=True))[:, 0])
+    return picks[0], picks[1]
 
 
 def _levenberg_marquardt(model: _Model, loss: _Loss, m: torch.Tensor, theta: torch.Tensor,
                          lower: torch.Tensor, upper: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Projected LM steps, each accepted per voxel only if it lowers the loss."""
+    """Projected LM steps, each accepted per voxel only if it lowers the loss. A voxel leaves the
+    iteration once a step gains less than LM_TOLERANCE (relative) or its damping saturates."""
+    theta = theta.clone()
     damping = torch.full((m.shape[0],), 1e-3, dtype=m.dtype, device=m.device)
     f, jac = model.value_and_jacobian(theta)
     current = loss.value(m, f)
     eye = torch.eye(3, dtype=m.dtype, device=m.device)
+    active = torch.arange(m.shape[0], device=m.device)
     for _ in range(iterations):
-        jt = jac.transpose(1, 2)
-        jtj = jt @ jac
-        grad = (jt @ loss.residual(m, f)[..., None])[..., 0]
+        if active.numel() == 0:
+            break
+        ma, th, fa, ja, cur, dmp = m[active], theta[active], f[active], jac[active], current[active], damping[active]
+        jt = ja.transpose(1, 2)
+        jtj = jt @ ja
+        grad = (jt @ loss.residual(ma, fa)[..., None])[..., 0]
         # Parameters on a bound that the descent direction pushes outward are held fixed, so the
         # others still move (a projected full step would stall voxels whose optimum is PDFF = 0).
-        held = ((theta <= lower) & (grad < 0)) | ((theta >= upper) & (grad > 0))
+        held = ((th <= lower) & (grad < 0)) | ((th >= upper) & (grad > 0))
         free = (~held).to(m.dtype)
         diag = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(1e-12)
-        lhs = (jtj + damping[:, None, None] * eye * diag[:, None, :]) * free[:, :, None] * free[:, None, :]
+        lhs = (jtj + dmp[:, None, None] * eye * diag[:, None, :]) * free[:, :, None] * free[:, None, :]
         lhs = lhs + eye * (1 - free)[:, None, :]
         step = torch.linalg.solve(lhs, (grad * free)[..., None])[..., 0]
-        candidate = torch.maximum(torch.minimum(theta + step, upper), lower)
+        candidate = torch.maximum(torch.minimum(th + step, upper), lower)
         f_new, jac_new = model.value_and_jacobian(candidate)
-        new = loss.value(m, f_new)
-        better = new < current
-        theta = torch.where(better[:, None], candidate, theta)
-        f = torch.where(better[:, None], f_new, f)
-        jac = torch.where(better[:, None, None], jac_new, jac)
-        current = torch.where(better, new, current)
-        damping = torch.where(better, damping / 3, damping * 3).clamp(1e-9, 1e9)
-        if bool((damping >= 1e9).all()):  # no voxel can improve any more
-            break
+        new = loss.value(ma, f_new)
+        better = new < cur
+        theta[active] = torch.where(better[:, None], candidate, th)
+        f[active] = torch.where(better[:, None], f_new, fa)
+        jac[active] = torch.where(better[:, None, None], jac_new, ja)
+        current[active] = torch.where(better, new, cur)
+        dmp = torch.where(better, dmp / 3, dmp * 3).clamp(1e-9, 1e9)
+        damping[active] = dmp
+        converged = (better & (cur - new <= LM_TOLERANCE * cur.abs().clamp_min(1.0))) | (dmp >= 1e9)
+        active = active[~converged]
     return theta
