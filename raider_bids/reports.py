@@ -39,8 +39,7 @@ _PANELS = {
     "PDFFmap": ("PDFF (fraction)", "magma"),
     "R2starmap": ("R2* (1/s)", "inferno"),
     "S0map": ("S0 (image units)", "gray"),
-    "confidence": ("Water/fat confidence: log-likelihood ratio in nats, signed (+ fat chosen, - water chosen)",
-                   "RdBu_r"),
+    "confidence": ("Water/fat confidence: signed LLR (nats; + fat chosen, - water chosen)", "RdBu_r"),
 }
 
 
@@ -73,7 +72,8 @@ def _slices(mask: np.ndarray) -> list[int]:
 
 def _mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits: tuple[float, float],
             mask: np.ndarray | None) -> Figure:
-    fig = Figure(figsize=(2.1 * len(slices) + 1.0, 2.6), layout="constrained")
+    # At least 6 inches wide, so a single-slice run's title is not cut off.
+    fig = Figure(figsize=(max(6.0, 2.1 * len(slices) + 1.0), 2.6), layout="constrained")
     axes = fig.subplots(1, len(slices), squeeze=False)[0]
     image = None
     for ax, z in zip(axes, slices):
