@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,11 @@ _BASE_QUERY: dict[str, Any] = {"suffix": "MEGRE", "datatype": "anat", "extension
 _DROPPED_ENTITIES = ("echo", "part")  # a run = files sharing every other entity
 
 
-@dataclass(frozen=True)
-class MegreRun:
-    """One multi-echo acquisition: its echo files sorted by echo time."""
+class RunEntities:
+    """What a run's BIDS entities (`self.entities`: key/value pairs in filename order, no echo or
+    part) tell: its subject, session and filename prefix. Shared by raw runs and their outputs."""
 
-    entities: tuple[tuple[str, str], ...]  # BIDS key/value pairs in filename order, no echo/part
-    echo_files: tuple[Path, ...]
-    echo_times_s: tuple[float, ...]
-    field_strength_t: float
-    bids_dir: Path
+    entities: tuple[tuple[str, str], ...]
 
     @property
     def subject(self) -> str:
@@ -44,8 +39,23 @@ class MegreRun:
 
     @property
     def name(self) -> str:
-        """Filename prefix of the run, e.g. sub-01_ses-1_run-1."""
-        return "_".join(f"{k}-{v}" for k, v in self.entities)
+        return run_name(self.entities)
+
+
+def run_name(entities: tuple[tuple[str, str], ...]) -> str:
+    """Filename prefix of a run, e.g. sub-01_ses-1_run-1."""
+    return "_".join(f"{k}-{v}" for k, v in entities)
+
+
+@dataclass(frozen=True)
+class MegreRun(RunEntities):
+    """One multi-echo acquisition: its echo files sorted by echo time."""
+
+    entities: tuple[tuple[str, str], ...]
+    echo_files: tuple[Path, ...]
+    echo_times_s: tuple[float, ...]
+    field_strength_t: float
+    bids_dir: Path
 
     def relative_files(self) -> list[str]:
         return [f.relative_to(self.bids_dir).as_posix() for f in self.echo_files]
@@ -126,7 +136,7 @@ def list_run_names(bids_dir: Path, participant_labels: list[str] | None = None,
                    filters: dict[str, Any] | None = None) -> list[str]:
     """Names (file prefixes) of the selected runs, from file names alone: no sidecar is read."""
     _, groups = _select_runs(Path(bids_dir).resolve(), participant_labels, session_labels, filters)
-    return sorted("_".join(f"{k}-{v}" for k, v in key) for key in groups)
+    return sorted(run_name(key) for key in groups)
 
 
 def _select_runs(bids_dir: Path, participant_labels: list[str] | None, session_labels: list[str] | None,
@@ -190,7 +200,7 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
             except (TypeError, ValueError):
                 raise InputDataError(f"{path}: MagneticFieldStrength {meta['MagneticFieldStrength']!r} "
                                      "is not a number") from None
-    name = "_".join(f"{k}-{v}" for k, v in entities)
+    name = run_name(entities)
     if len(set(echo_times)) != len(echo_times):
         raise InputDataError(f"{paths[0].parent}: run {name} has files with the same EchoTime "
                              f"({sorted(echo_times)}); mixed part-mag and part-less files?")

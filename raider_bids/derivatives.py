@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from . import CODE_URL, NAME, __version__
-from .bids_io import MegreRun, parse_entities
+from .bids_io import MegreRun, RunEntities, parse_entities
 from .errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -165,12 +165,12 @@ def prepare_output_dataset(output_dir: Path, bids_dir: Path) -> None:
                           f"({exc.strerror or exc})") from None
 
 
-def run_directory(output_dir: Path, run: MegreRun) -> Path:
+def run_directory(output_dir: Path, run: RunEntities) -> Path:
     parts = [f"sub-{run.subject}"] + ([f"ses-{run.session}"] if run.session else []) + ["anat"]
     return output_dir.joinpath(*parts)
 
 
-def output_path(output_dir: Path, run: MegreRun, suffix: str, desc: str | None = None, ext: str = ".nii.gz") -> Path:
+def output_path(output_dir: Path, run: RunEntities, suffix: str, desc: str | None = None, ext: str = ".nii.gz") -> Path:
     name = run.name + (f"_desc-{desc}" if desc else "") + f"_{suffix}{ext}"
     return run_directory(output_dir, run) / name
 
@@ -196,21 +196,12 @@ def figure_directory(output_dir: Path, subject: str | None) -> Path:
 
 
 @dataclass
-class RunOutputs:
+class RunOutputs(RunEntities):
     """What the participant level left for one run."""
 
-    name: str  # filename prefix, e.g. sub-01_ses-1_run-1
     entities: tuple[tuple[str, str], ...]
     files: dict[str, Path]  # suffix (PDFFmap, ..., mask, provenance) -> existing file
     provenance: dict = field(default_factory=dict)
-
-    @property
-    def subject(self) -> str:
-        return dict(self.entities)["sub"]
-
-    @property
-    def session(self) -> str | None:
-        return dict(self.entities).get("ses")
 
     @property
     def missing(self) -> list[str]:
@@ -221,32 +212,32 @@ class RunOutputs:
         return not self.missing
 
 
-def _run_files(directory: Path, name: str) -> dict[str, Path]:
-    candidates = {s: directory / f"{name}_{s}.nii.gz" for s in MAPS} | {
-        "mask": directory / f"{name}_desc-foreground_mask.nii.gz",
-        "provenance": directory / f"{name}_provenance.json"}
+def _run_files(output_dir: Path, run: RunEntities) -> dict[str, Path]:
+    candidates = {s: output_path(output_dir, run, s) for s in MAPS} | {
+        "mask": output_path(output_dir, run, "mask", desc="foreground"),
+        "provenance": output_path(output_dir, run, "provenance", ext=".json")}
     return {s: p for s, p in candidates.items() if p.is_file()}
 
 
 def find_run_outputs(output_dir: Path) -> list[RunOutputs]:
     """Every run the participant level wrote (finished or not) in `output_dir`, sorted by name."""
-    names: dict[str, Path] = {}
+    found: set[tuple[tuple[str, str], ...]] = set()
     for pattern in ("*_PDFFmap.nii.gz", "*_provenance.json"):
         for path in output_dir.glob(f"sub-*/**/anat/{pattern}"):
-            name = path.name.rsplit("_", 1)[0]
-            if "desc" not in dict(parse_entities(path)) and not path.name.startswith("."):
-                names[name] = path.parent
+            entities = tuple(parse_entities(path))
+            if "desc" not in dict(entities) and not path.name.startswith("."):
+                found.add(entities)
     runs = []
-    for name, directory in sorted(names.items()):
-        files = _run_files(directory, name)
+    for entities in found:
+        files = _run_files(output_dir, RunOutputs(entities, {}))
         provenance: dict = {}
         if "provenance" in files:
             try:
                 provenance = json.loads(files["provenance"].read_text())
             except (OSError, ValueError) as exc:
                 log.warning("%s: unreadable provenance (%s)", files.pop("provenance"), exc)
-        runs.append(RunOutputs(name, tuple(parse_entities(directory / f"{name}_x")), files, provenance))
-    return runs
+        runs.append(RunOutputs(entities, files, provenance))
+    return sorted(runs, key=lambda r: r.name)
 
 
 def write_tsv(target: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:

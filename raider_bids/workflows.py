@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from .bids_io import (MegreRun, find_runs, list_run_names, load_filters, load_ma
 from .config import Config
 from .derivatives import (RunOutputs, find_run_outputs, map_sidecar, output_path, prepare_output_dataset,
                           write_json, write_nifti, write_torch, write_tsv)
-from .errors import InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, UsageError
+from .errors import InputDataError, MissingInputError, NoFilesSelectedError, UsageError
 from .estimators import ProgressCallbackFactory, get_estimator
 from .fat_spectrum import load_fat_spectrum
 from .mask import foreground_mask

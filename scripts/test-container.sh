@@ -20,6 +20,7 @@ export USER=${USER:-root}
 start=$SECONDS
 step() { echo "== [$((SECONDS - start)) s] $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+input_hashes() { (cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort); }
 
 step "tools"
 need=()
@@ -66,7 +67,7 @@ run() { podman run --rm --network none --read-only -u "$RUN_UID" -e HOME=/nonexi
 step "demo dataset written by the image"
 install -d -m 0777 "$WORK/demo" "$WORK/out" "$WORK/work"
 run -v "$WORK/demo:/demo" --entrypoint raider-bids-demo "$TAG" /demo --data-only --participants 2
-before=$(cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort)
+before=$(input_hashes)
 
 step "participant level in the container"
 run -v "$WORK/demo/bids:/bids:ro" -v "$WORK/out:/out" -v "$WORK/work:/work" "$TAG" \
@@ -76,7 +77,7 @@ run -v "$WORK/demo/bids:/bids:ro" -v "$WORK/demo/rois:/rois:ro" -v "$WORK/out:/o
     /bids /out group --roi-dataset /rois
 
 step "checks"
-[ "$(cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort)" == "$before" ] || fail "the input changed"
+[ "$(input_hashes)" == "$before" ] || fail "the input changed"
 others=$(find "$WORK/out" "$WORK/work" -mindepth 1 ! -uid 1234 -print)
 [ -z "$others" ] || fail "files not owned by UID 1234: $others"
 run -v "$WORK/out:/out:ro" -v "$REPO/scripts/check_demo_outputs.py:/check.py:ro" \
@@ -93,6 +94,6 @@ ch-run --unset-env='*' --set-env -b "$WORK/demo/bids:/bids" -b "$WORK/ch-out:/ou
     "$WORK/raider-bids.sqfs" -- /opt/raider-bids/bin/raider-bids /bids /out group --roi-dataset /work/rois
 ch-run --unset-env='*' --set-env -b "$WORK/ch-out:/out" -b "$REPO/scripts:/work" \
     "$WORK/raider-bids.sqfs" -- /opt/raider-bids/bin/python /work/check_demo_outputs.py /out "$TAG" 01
-[ "$(cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort)" == "$before" ] || fail "the input changed"
+[ "$(input_hashes)" == "$before" ] || fail "the input changed"
 
 step "all container checks passed"

@@ -15,6 +15,7 @@ PYTHON=${PYTHON:-python3}
 start=$SECONDS
 step() { echo "== [$((SECONDS - start)) s] $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+input_hashes() { (cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort); }
 
 step "tools"
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
@@ -81,7 +82,7 @@ raider-bids-demo "$WORK/demo" --data-only --participants 3 >/dev/null
 BIDS=$WORK/demo/bids
 OUT=$WORK/out
 export RAIDER_BIDS_WORK=$WORK/raider-bids-work
-before=$(cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort)
+before=$(input_hashes)
 
 step "sbatch: participant array (2 tasks at once, 1 CPU each) and the dependent group job"
 N=$(( $(wc -l < "$BIDS/participants.tsv") - 1 ))
@@ -101,7 +102,7 @@ codes=$(tail -n +2 "$RAIDER_BIDS_WORK/exit_codes.tsv" | cut -f4,5 | sort | tr '\
 for label in 01 02 03; do
     [ -f "$RAIDER_BIDS_WORK/sub-$label/raider-bids.log" ] || fail "no work dir log for sub-$label"
 done
-[ "$(cd "$WORK/demo" && find . -type f -exec sha256sum {} + | sort)" == "$before" ] || fail "the input changed"
+[ "$(input_hashes)" == "$before" ] || fail "the input changed"
 "$PYTHON" scripts/check_demo_outputs.py "$OUT" - 01 02 03
 if command -v bids-validator-deno >/dev/null; then
     bids-validator-deno "$OUT" >"$WORK/logs/validator.txt" 2>&1 || { tail -20 "$WORK/logs/validator.txt"; fail "bids-validator"; }

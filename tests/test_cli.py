@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from raider_bids.cli import build_parser, main
+from cli_checks import assert_one_error
+from raider_bids.cli import build_parser, config_from_args, main
 from raider_bids.demo import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +71,6 @@ def run_cli(capsys, argv) -> tuple[int, str]:
     except SystemExit as exc:
         code = exc.code
     return code, capsys.readouterr().err
-
-
-def assert_one_error(err: str, *fragments: str) -> None:
-    assert "Traceback" not in err and "Logging error" not in err, err
-    lines = [line for line in err.splitlines() if "[ERROR]" in line or "error:" in line]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def assert_no_partial_files(out: Path) -> None:
@@ -303,8 +296,6 @@ def test_run_py_subprocess_exit_code(bids, tmp_path):
     (["--max-epochs", "7", "--patience", "3"], {"batch_size": 1024, "max_epochs": 7, "patience": 3}),
 ])
 def test_training_presets_and_overrides(tmp_path, argv, expected):
-    from raider_bids.cli import build_parser, config_from_args
-
     full = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", *argv]
     config = config_from_args(build_parser().parse_args(full), full)
     for key, value in expected.items():

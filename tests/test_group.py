@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cli_checks import assert_one_error
 from raider_bids.cli import main
 from raider_bids.demo import TISSUES, write_dataset
 
@@ -134,14 +135,6 @@ def check_row(row: dict[str, str], anat: Path, roi: np.ndarray) -> None:
         else:
             assert row[stat] != "n/a", (where, stat)
             assert float(row[stat]) == pytest.approx(value, rel=1e-5, abs=1e-6), (where, stat)
-
-
-def assert_one_error(err: str, *fragments: str) -> None:
-    assert "Traceback" not in err and "Logging error" not in err, err
-    lines = [line for line in err.splitlines() if "[ERROR]" in line or "error:" in line]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def copy_participant_outputs(template: Path, target: Path) -> Path:
