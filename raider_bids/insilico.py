@@ -68,7 +68,7 @@ def app_arguments(bids_dir: Path, out_dir: Path, mask: Path, method: str, seed: 
     """The participant-level command line of one method."""
     args = [str(bids_dir), str(out_dir), "participant", "--participant-label", SUBJECT, "--sigma", repr(SIGMA),
             "--mask", str(mask), "--method", method, "--random-seed", str(seed), *extra]
-    return args + (["--write-candidates"] if method == "ssl" else [])
+    return args + (["--write-candidates"] if method in ("ssl", "supervised") else [])
 
 
 def load_maps(out_dir: Path, desc: str | None = None) -> dict[str, np.ndarray]:
@@ -148,14 +148,17 @@ def figure(path: Path, all_stats: dict[str, dict[str, np.ndarray]]) -> None:
 
 
 def run_experiment(directory: Path, repetitions: int = 100, seeds: Sequence[int] = (0, 1, 2),
-                   extra: Sequence[str] = ()) -> dict[str, dict[str, float]]:
-    """Write the grid, run every method through the app, evaluate; returns the summary per method."""
+                   extra: Sequence[str] = (), supervised: bool = False) -> dict[str, dict[str, float]]:
+    """Write the grid, run every method through the app, evaluate; returns the summary per method.
+    With `supervised`, also the supervised (RAIDER) dual networks and their candidates."""
     from .cli import main as app
 
     bids_dir = directory / "bids"
     mask = write_grid_dataset(bids_dir, repetitions)
     runs: dict[str, tuple[str, int]] = {f"single-seed{s}": ("single", s) for s in seeds}
     runs |= {"ssl": ("ssl", 0), "fit": ("fit", 0)}
+    if supervised:
+        runs["supervised"] = ("supervised", 0)
     outputs = {}
     for name, (method, seed) in runs.items():
         out = directory / "derivatives" / name
@@ -166,6 +169,10 @@ def run_experiment(directory: Path, repetitions: int = 100, seeds: Sequence[int]
     methods = {f"single seed {s}": (outputs[f"single-seed{s}"], None) for s in seeds}
     methods |= {"water network": (outputs["ssl"], "water"), "fat network": (outputs["ssl"], "fat"),
                 "dual (water/fat by likelihood)": (outputs["ssl"], None), "conventional fit": (outputs["fit"], None)}
+    if supervised:
+        methods |= {"supervised water network": (outputs["supervised"], "water"),
+                    "supervised fat network": (outputs["supervised"], "fat"),
+                    "supervised (RAIDER)": (outputs["supervised"], None)}
     all_stats, results = {}, {}
     for label, (out, desc) in methods.items():
         maps = load_maps(out, desc)
@@ -195,11 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nprocs", type=int, help="CPU threads")
     parser.add_argument("--max-epochs", type=int, help="cap on training epochs (default: the app's)")
     parser.add_argument("--training", help="the app's --training preset (default: the app's)")
+    parser.add_argument("--supervised", action="store_true",
+                        help="also run the supervised RAIDER networks (--method supervised)")
     args = parser.parse_args(argv)
     extra = [*(["--nprocs", str(args.nprocs)] if args.nprocs else []),
              *(["--training", args.training] if args.training else []),
              *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else [])]
-    results = run_experiment(args.directory, args.repetitions, args.seeds, extra)
+    results = run_experiment(args.directory, args.repetitions, args.seeds, extra, args.supervised)
     print(f"\n{'method':<32}{'|bias|':>8}{'SD':>8}{'swaps':>8}{'fat side':>9}{'R2* MAE':>9}{'S0 MAE':>8}{'seconds':>9}")
     for method, r in results.items():
         print(f"{method:<32}{r['pdff_mean_abs_bias']:>8.4f}{r['pdff_mean_sd']:>8.4f}{100 * r['swap_rate']:>7.2f}%"

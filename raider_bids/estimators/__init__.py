@@ -7,8 +7,10 @@ from .base import (DEFAULT_TRAINING, TRAINING_PRESETS, Estimates, Estimator, Pro
                    ProgressCallbackFactory, TrainingSettings)
 from .conventional_fit import ConventionalFit
 from .dual_network import SelfSupervisedDual, SingleNetwork
+from .supervised import SupervisedDual
 
-ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (SelfSupervisedDual, ConventionalFit, SingleNetwork)}
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (SelfSupervisedDual, ConventionalFit, SingleNetwork,
+                                                     SupervisedDual)}
 DEFAULT_METHOD = SelfSupervisedDual.name
 
 

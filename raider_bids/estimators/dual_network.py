@@ -22,6 +22,7 @@ class SelfSupervisedDual:
     """Dual constrained self-supervised networks (Minore et al. 2025)."""
 
     name = "ssl"
+    networks = ("water", "fat")
     description = ("dual self-supervised networks, water (PDFF <= 0.58) and fat (PDFF >= 0.58), "
                    "chosen per voxel by Rician likelihood")
     reference = ("Minore GV, Dwyer-Hemmings L, Bray TJP, Zhang H. Resolving quantitative MRI model "
@@ -107,6 +108,7 @@ class SingleNetwork:
     It lands on the water- or the fat-dominant solution unpredictably."""
 
     name = "single"
+    networks = ("full",)
     description = "one self-supervised network, PDFF unconstrained in [0, 1] (the naive baseline)"
     reference = SelfSupervisedDual.reference
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,28 +124,41 @@ def train(model: PhysicsAutoencoder, x_train: torch.Tensor, sigma_train: torch.T
           x_val: torch.Tensor, sigma_val: torch.Tensor, settings: TrainingSettings,
           generator: torch.Generator, seeds: tuple[int, ...],
           progress: ProgressCallback | None = None) -> list[TrainingHistory]:
-    """Adam on the Rician NLL; each network stops after `patience` epochs without a better
-    validation loss and gets its best weights back. x_* are max-normalised signals (N, E),
-    sigma_* the matching (N, 1)."""
+    """Self-supervised training on the Rician NLL. x_* are max-normalised signals (N, E) shared by
+    the networks, sigma_* the matching (N, 1)."""
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx]).mean(dim=1)
+
+    return early_stopping(model, x_train.shape[0], batch_loss,
+                          lambda: per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist(),
+                          settings, generator, seeds, progress)
+
+
+def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+                   validation_loss: Callable[[], list[float]], settings: TrainingSettings,
+                   generator: torch.Generator, seeds: tuple[int, ...],
+                   progress: ProgressCallback | None = None) -> list[TrainingHistory]:
+    """The training loop of every network stack: Adam on `batch_loss` (mini-batch indices (K, B)
+    into the n_train training items -> per-network mean loss (K,)); each network stops after
+    `patience` epochs without a better `validation_loss()` (per network) and gets its best weights back."""
     k_nets = len(model.kinds)
     histories = [TrainingHistory(kind, seed) for kind, seed in zip(model.kinds, seeds)]
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     schedule = _cosine_schedule(optimiser, settings)
-    best_loss = per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist()
+    best_loss = validation_loss()
     best_state = [model.network_state(k) for k in range(k_nets)]
     waited = [0] * k_nets
     active = [True] * k_nets
     start = time.perf_counter()
-    n = x_train.shape[0]
+    device = next(model.parameters()).device
     for h in histories:
         h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
     for epoch in range(1, settings.max_epochs + 1):
         running = torch.zeros(k_nets, dtype=torch.float64)
         seen = 0
-        for idx in _epoch_batches(n, k_nets, settings, generator):
-            idx = idx.to(x_train.device)
-            nll = rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx])  # (K, B)
-            per_network = nll.mean(dim=1)
+        for idx in _epoch_batches(n_train, k_nets, settings, generator):
+            idx = idx.to(device)
+            per_network = batch_loss(idx)
             optimiser.zero_grad(set_to_none=True)
             per_network.sum().backward()
             optimiser.step()
@@ -152,7 +166,7 @@ def train(model: PhysicsAutoencoder, x_train: torch.Tensor, sigma_train: torch.T
                 schedule.step()
             running += per_network.detach().cpu().double() * idx.shape[1]
             seen += idx.shape[1]
-        val = per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist()
+        val = validation_loss()
         for k, h in enumerate(histories):
             if not active[k]:
                 continue
