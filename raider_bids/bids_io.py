@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import InputDataError, MissingInputError, NoFilesSelectedError, UsageError
+from .errors import InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,8 @@ MIN_ECHOES = 4  # three unknowns plus at least one degree of freedom
 FILTER_QUERY = "megre"  # the query name in --bids-filter-file
 _BASE_QUERY: dict[str, Any] = {"suffix": "MEGRE", "datatype": "anat", "extension": [".nii", ".nii.gz"]}
 _DROPPED_ENTITIES = ("echo", "part")  # a run = files sharing every other entity
+_LABEL = re.compile(r"[0-9A-Za-z]+")  # a BIDS label: no path separator, dot, wildcard or space
+AFFINE_TOLERANCE_MM = 1e-3  # larger than float32 rounding of a header's affine, far below a voxel
 
 
 class RunEntities:
@@ -75,6 +80,26 @@ def strip_ses(label: str) -> str:
     return label[4:] if label.startswith("ses-") else label
 
 
+def check_labels(option: str, labels: Iterable[str], prefix: str) -> list[str]:
+    """The labels without their prefix. Anything but letters and digits (`../x`, `01/../02`, `*`,
+    a space) is refused before the dataset is read: a label must never become a path or a pattern."""
+    labels = list(labels)
+    stripped = [label.removeprefix(prefix) for label in labels]
+    for label, value in zip(labels, stripped):
+        if not _LABEL.fullmatch(value):
+            raise UsageError(f"{option} {label!r}: not a BIDS label (letters and digits only, e.g. 01)")
+    return stripped
+
+
+def grid_mismatch_mm(affine: np.ndarray, reference: np.ndarray, shape: tuple[int, ...]) -> float | None:
+    """None if the two affines place every voxel of a grid of `shape` within AFFINE_TOLERANCE_MM of
+    each other, else the largest distance (mm); being linear, it is largest at a corner."""
+    corners = np.array([[*c, 1] for c in itertools.product(*((0, n - 1) for n in shape[:3]))], dtype=float)
+    moved = corners @ (np.asarray(affine, dtype=float) - np.asarray(reference, dtype=float)).T
+    distance = float(np.linalg.norm(moved[:, :3], axis=1).max())
+    return None if distance <= AFFINE_TOLERANCE_MM else distance
+
+
 def load_filters(path: Path | None) -> dict[str, Any]:
     """The 'megre' query of a --bids-filter-file (null -> entity absent, "*" -> any value)."""
     if path is None:
@@ -123,12 +148,19 @@ def _layout(bids_dir: Path):
 
 def find_runs(bids_dir: Path, participant_labels: list[str] | None = None,
               session_labels: list[str] | None = None, filters: dict[str, Any] | None = None,
-              field_strength_t: float | None = None) -> list[MegreRun]:
-    """Every magnitude MEGRE run selected by the labels and filters, sorted by name."""
+              field_strength_t: float | None = None) -> tuple[list[MegreRun], dict[str, RaiderError]]:
+    """Every magnitude MEGRE run selected by the labels and filters, sorted by name, and the
+    selected runs whose sidecars make them unusable (run name -> why), so that one bad run does
+    not stop the others. Problems of the whole dataset or selection are raised."""
     bids_dir = Path(bids_dir).resolve()
     layout, groups = _select_runs(bids_dir, participant_labels, session_labels, filters)
-    runs = [_make_run(layout, bids_dir, key, paths, field_strength_t) for key, paths in groups.items()]
-    return sorted(runs, key=lambda r: r.name)
+    runs, problems = [], {}
+    for key, paths in groups.items():
+        try:
+            runs.append(_make_run(layout, bids_dir, key, paths, field_strength_t))
+        except RaiderError as exc:
+            problems[run_name(key)] = exc
+    return sorted(runs, key=lambda r: r.name), dict(sorted(problems.items()))
 
 
 def list_run_names(bids_dir: Path, participant_labels: list[str] | None = None,
@@ -144,6 +176,8 @@ def _select_runs(bids_dir: Path, participant_labels: list[str] | None, session_l
     """The pybids layout and the selected MEGRE files grouped by run (entities -> paths)."""
     from bids.layout import Query
 
+    participant_labels = check_labels("--participant-label", participant_labels or [], "sub-")
+    session_labels = check_labels("--session-label", session_labels or [], "ses-")
     layout = _layout(bids_dir)
     subjects = sorted(layout.get_subjects())
     query = dict(_BASE_QUERY, part=[Query.NONE, "mag"])
@@ -168,9 +202,18 @@ def _select_runs(bids_dir: Path, participant_labels: list[str] | None, session_l
     except ValueError as exc:
         raise UsageError(f"invalid BIDS filter: {exc}") from None
     if not files:
+        # No MEGRE file at all is missing input (66), not a selection that came out empty (18).
+        if not layout.get(return_type="filename", **_BASE_QUERY):
+            raise MissingInputError(f"{bids_dir}: the dataset holds no MEGRE images "
+                                    "(sub-<label>/[ses-<label>/]anat/*_MEGRE.nii[.gz]); nothing to process")
+        other_parts = sorted({dict(parse_entities(Path(f))).get("part", "") for f in layout.get(
+            return_type="filename", **{k: v for k, v in query.items() if k != "part"})} - {"", "mag"})
+        hint = (f"; only part-{'/'.join(other_parts)} files match, and this app needs magnitude images"
+                if other_parts else "")
         show = lambda v: [show(x) for x in v] if isinstance(v, list) else (v.name if isinstance(v, Query) else v)  # noqa: E731
         shown = {k: show(v) for k, v in query.items()}
-        raise NoFilesSelectedError(f"no magnitude MEGRE files in {bids_dir} match {json.dumps(shown, default=str)}")
+        raise NoFilesSelectedError(f"{bids_dir}: no magnitude MEGRE files match "
+                                   f"{json.dumps(shown, default=str)}{hint}")
     groups: dict[tuple, list[Path]] = defaultdict(list)
     for f in map(Path, files):
         key = tuple((k, v) for k, v in parse_entities(f) if k not in _DROPPED_ENTITIES)
@@ -201,12 +244,17 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
                 raise InputDataError(f"{path}: MagneticFieldStrength {meta['MagneticFieldStrength']!r} "
                                      "is not a number") from None
     name = run_name(entities)
-    if len(set(echo_times)) != len(echo_times):
-        raise InputDataError(f"{paths[0].parent}: run {name} has files with the same EchoTime "
-                             f"({sorted(echo_times)}); mixed part-mag and part-less files?")
+    seen: dict[int, Path] = {}
+    for path, te in sorted(zip(paths, echo_times)):
+        key = round(te * 1e6)  # to the microsecond: closer echoes cannot be told apart
+        if key in seen:
+            raise InputDataError(f"{path}: same EchoTime ({te} s) as {seen[key].name}; each echo needs its own "
+                                 "echo time (mixed part-mag and part-less files?)")
+        seen[key] = path
     if len(paths) < MIN_ECHOES:
-        raise InputDataError(f"{paths[0].parent}: run {name} has {len(paths)} echoes; at least "
-                             f"{MIN_ECHOES} are needed for PDFF, R2* and S0")
+        raise InputDataError(f"{paths[0].parent}: run {name} has {len(paths)} echoes "
+                             f"({', '.join(sorted(p.name for p in paths))}); at least {MIN_ECHOES} are needed "
+                             "for PDFF, R2* and S0 (three unknowns)")
     if field_strength_t is None:
         if not fields:
             raise MissingInputError(f"{paths[0]}: no MagneticFieldStrength in the sidecars; give "
@@ -227,7 +275,8 @@ def read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.N
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=dtype)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputDataError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+        why = " ".join(str(exc).split())  # one line, whatever the library's message
+        raise InputDataError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {why})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -236,28 +285,61 @@ def read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.N
 
 
 def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Magnitudes of shape (X, Y, Z, n_echoes), float64, and the first echo's image (for geometry)."""
-    volumes, reference = [], None
-    for path in run.echo_files:
-        img, data = read_volume(path, "the NIfTI image", np.float64)
-        if data.ndim != 3:
-            raise InputDataError(f"{path}: expected a 3-D image per echo, got shape {data.shape}")
-        if reference is None:
+    """Magnitudes of shape (X, Y, Z, n_echoes), float32 (what scanners store; half the memory of
+    float64), and the first echo's image (for geometry). Echoes are read one at a time.
+
+    NaN and Inf come back as NaN (with a warning): mask.usable_voxels leaves such voxels out of
+    every mask, so they get 0 in the maps instead of being fitted as if they were zeros."""
+    data, reference = None, None
+    first = run.echo_files[0].name
+    for e, path in enumerate(run.echo_files):
+        img, volume = read_volume(path, "the NIfTI image", np.float64)
+        if volume.ndim != 3:
+            raise InputDataError(f"{path}: expected a 3-D image per echo (one file per echo), got shape "
+                                 f"{volume.shape}")
+        if data is None or reference is None:
             reference = img
-        elif data.shape != volumes[0].shape:
-            raise InputDataError(f"{path}: shape {data.shape} differs from echo 1 {volumes[0].shape}")
-        if not np.all(np.isfinite(data)):
-            log.warning("%s: %d non-finite values set to 0", path, int((~np.isfinite(data)).sum()))
-            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-        if (data < 0).any():
-            raise InputDataError(f"{path}: negative values; this app needs magnitude images (part-mag)")
-        volumes.append(data)
-    return np.stack(volumes, axis=-1), reference
+            data = np.empty(volume.shape + (len(run.echo_files),), dtype=np.float32)
+        elif volume.shape != data.shape[:3]:
+            raise InputDataError(f"{path}: shape {volume.shape} differs from {first}'s {data.shape[:3]}; "
+                                 "all echoes must share one grid")
+        elif (distance := grid_mismatch_mm(img.affine, reference.affine, volume.shape)) is not None:
+            raise InputDataError(f"{path}: affine differs from {first}'s, moving voxels by up to "
+                                 f"{distance:.3g} mm; all echoes must share one grid")
+        finite = np.isfinite(volume)
+        if (negative := int((finite & (volume < 0)).sum())):  # -Inf is non-finite, masked below
+            raise InputDataError(f"{path}: {negative} negative value(s); this app needs magnitude images "
+                                 "(part-mag)")
+        if not (finite & (volume > 0)).any():
+            raise InputDataError(f"{path}: the image is all zeros" if finite.all() else
+                                 f"{path}: the image has no positive finite value (only zeros, NaN or Inf)")
+        if not finite.all():
+            log.warning("%s: %d voxel(s) with NaN or Inf values; left out of the mask (0 in the maps)",
+                        path, int((~finite).sum()))
+        data[..., e] = np.where(finite, volume, np.nan)
+    assert data is not None and reference is not None  # a run has at least MIN_ECHOES files
+    return data, reference
 
 
-def load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """A user's mask (nonzero = in) as a boolean array that must have the image's `shape`."""
-    _, data = read_volume(path, "the mask")
+def load_mask(path: Path, shape: tuple[int, ...], affine: np.ndarray, image: str) -> np.ndarray:
+    """A user's mask (nonzero = in) as a boolean array; it must be on the grid (`shape`, `affine`)
+    of `image` (named in the error): a mask in another space would select the wrong voxels."""
+    img, data = read_volume(path, "the mask")
     if data.shape != shape:
-        raise InputDataError(f"{path}: mask shape {data.shape} differs from the image shape {shape}")
+        raise InputDataError(f"{path}: mask shape {data.shape} differs from the image shape {shape} of {image}; "
+                             "resample the mask to the MEGRE grid")
+    if (distance := grid_mismatch_mm(img.affine, affine, shape)) is not None:
+        raise InputDataError(f"{path}: mask affine differs from that of {image}, moving voxels by up to "
+                             f"{distance:.3g} mm; resample the mask to the MEGRE grid")
     return data > 0
+
+
+def run_size(run: MegreRun) -> int:
+    """Number of values (voxels x echoes) of a run, from the image headers alone."""
+    size = 0
+    for path in run.echo_files:
+        try:
+            size += int(np.prod(nib.load(path).shape))
+        except Exception as exc:  # nibabel raises many types for corrupt files
+            raise InputDataError(f"{path}: cannot read the NIfTI header ({exc.__class__.__name__}: {exc})") from None
+    return size

@@ -7,16 +7,20 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .bids_io import check_labels
 from .config import Config
 from .errors import OutputError, RaiderError, UnknownLevelError, UsageError
 from .estimators import DEFAULT_TRAINING, ESTIMATORS, TRAINING_PRESETS
 from .fat_spectrum import PRESETS
+from .resources import parse_memory
 
 log = logging.getLogger("raider_bids")
 ANALYSIS_LEVELS = ("participant", "group")
@@ -56,6 +60,13 @@ def _fraction(text: str) -> float:
     if value >= 1:
         raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
     return value
+
+
+def _memory(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _existing_file(text: str) -> Path:
@@ -117,12 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "of the automatic one")
 
     est = p.add_argument_group("estimation")
-    est.add_argument("--method", choices=sorted(ESTIMATORS), default=_DEFAULTS.method,
-                     help="estimator: ssl = the paper's dual self-supervised networks; fit = conventional "
-                          "two-start Rician maximum-likelihood fit (MAGORINO); single = one unconstrained "
-                          "network (the naive baseline, for comparison)")
+    est.add_argument("--method", nargs="+", choices=sorted(ESTIMATORS), default=list(_DEFAULTS.methods),
+                     metavar="METHOD",
+                     help="estimator(s): ssl = the paper's dual self-supervised networks; fit = conventional "
+                          "two-start Rician maximum-likelihood fit (MAGORINO); supervised = dual networks trained "
+                          "on simulated signals (RAIDER); single = one unconstrained network (the naive "
+                          "baseline). Several (e.g. --method ssl fit supervised): each method's maps are written "
+                          "as desc-<method> variants, the first's also under the plain names, and the report "
+                          "compares the others with the first")
     est.add_argument("--write-candidates", action="store_true",
-                     help="also write the water and fat candidates' maps (desc-water, desc-fat)")
+                     help="also write the water and fat candidates' maps (desc-water, desc-fat) of the "
+                          "(first) method")
     fast, paper = TRAINING_PRESETS["fast"], TRAINING_PRESETS["paper"]
     est.add_argument("--training", choices=sorted(TRAINING_PRESETS), default=DEFAULT_TRAINING,
                      help=f"network training: paper = the paper's settings (batch {paper.batch_size}, learning "
@@ -145,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto = cuda when available; CPU and GPU results differ slightly")
     res.add_argument("--nprocs", "--nthreads", type=_positive_int, dest="nprocs",
                      help="CPU threads for torch; default: all available")
+    res.add_argument("--mem", type=_memory, metavar="SIZE",
+                     help="memory this process may use, with a unit (e.g. 8GB, 500MB; a bare number is refused "
+                          "because fMRIPrep reads it as MB and MRIQC as GB): chunks are sized to fit, and a run "
+                          "whose images cannot fit fails with a clear error (exit 1) instead of an OOM kill")
     return p
 
 
@@ -166,6 +186,8 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         raise UnknownLevelError(f"analysis level {args.analysis_level!r} is unknown; "
                                 f"expected one of: {', '.join(ANALYSIS_LEVELS)}")
     _check_paths(args.bids_dir, args.output_dir, args.work_dir)
+    check_labels("--participant-label", args.participant_label or [], "sub-")
+    check_labels("--session-label", args.session_label or [], "ses-")
     overrides = {k: getattr(args, k) for k in ("learning_rate", "batch_size", "patience", "max_epochs",
                                                "validation_fraction") if getattr(args, k) is not None}
     training = dataclasses.replace(TRAINING_PRESETS[args.training], **overrides)
@@ -176,10 +198,10 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         participant_labels=tuple(args.participant_label or ()),
         session_labels=tuple(args.session_label or ()),
         bids_filter_file=args.bids_filter_file, field_strength_t=args.field_strength,
-        fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask, method=args.method,
+        fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask, methods=tuple(dict.fromkeys(args.method)),
         roi_datasets=tuple(p.resolve() for p in args.roi_dataset or ()),
         write_candidates=args.write_candidates,
-        training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs,
+        training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs, mem_bytes=args.mem,
         command_line=("raider-bids", *argv))
 
 
@@ -235,23 +257,28 @@ def _close_logging() -> None:
         log.removeHandler(handler)
 
 
+# Caches that libraries create on first use (matplotlib's font list; the directory torch's
+# optimisers create through torch._inductor): they go to the work dir or a temporary directory
+# removed at exit, never to HOME or /tmp, since the app writes only to its output and work dirs.
+_CACHE_VARIABLES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
+
+
 @contextlib.contextmanager
-def _matplotlib_config_dir(work_dir: Path | None):
-    """Keep matplotlib's configuration and font cache out of HOME (it may be unwritable, and the
-    app writes only to its output and work directories): the work dir, or a temporary directory
-    removed at exit. A MPLCONFIGDIR already set (as in the container image) is kept."""
-    if os.environ.get("MPLCONFIGDIR"):
-        yield Path(os.environ["MPLCONFIGDIR"])
-    elif work_dir is not None:
-        os.environ["MPLCONFIGDIR"] = str(work_dir / "matplotlib")
-        yield work_dir / "matplotlib"
-    else:
-        with tempfile.TemporaryDirectory(prefix="raider-bids-matplotlib-") as tmp:
-            os.environ["MPLCONFIGDIR"] = tmp
-            try:
-                yield Path(tmp)
-            finally:
-                del os.environ["MPLCONFIGDIR"]
+def _cache_dirs(work_dir: Path | None):
+    """Point every unset cache variable into the work dir, or into a temporary directory removed
+    at exit. Variables already set (as in the container image) are kept."""
+    unset = [v for v in _CACHE_VARIABLES if not os.environ.get(v)]
+    with contextlib.ExitStack() as stack:
+        root = work_dir
+        if root is None and unset:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raider-bids-cache-")))
+        try:
+            for variable in unset:
+                os.environ[variable] = str(root / _CACHE_VARIABLES[variable])  # type: ignore[operator]
+            yield root
+        finally:
+            for variable in unset:
+                os.environ.pop(variable, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     stack = contextlib.ExitStack()
     try:
+        stack.enter_context(_sigterm_as_exception())
         config = config_from_args(args, argv)
         if config.work_dir:
             _log_to_work_dir(config.work_dir)
@@ -268,25 +296,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(config.nprocs)
-        scratch = stack.enter_context(_matplotlib_config_dir(config.work_dir))
+        scratch = stack.enter_context(_cache_dirs(config.work_dir))
         from .workflows import group, participant
 
-        log.debug("matplotlib configuration and caches in %s", scratch)
+        log.debug("library caches in %s", scratch)
 
         log.info("raider-bids %s %s: %s -> %s", __version__, config.analysis_level, config.bids_dir,
                  config.output_dir)
         if config.analysis_level == "group":
             group(config)
             return 0
-        results = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
-        log.info("done: %d run(s) written to %s", len(results), config.output_dir)
-        return 0
+        result = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
+        log.info("done: %d run(s) processed, %d skipped (already finished), %d failed%s; outputs in %s",
+                 len(result.finished), len(result.skipped), len(result.failed),
+                 f" ({', '.join(result.failed)})" if result.failed else "", config.output_dir)
+        return result.exit_code
     except RaiderError as exc:
         log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("raider-bids: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("raider-bids: terminated (SIGTERM); unfinished runs left no outputs", file=sys.stderr)
+        return 143
     finally:
         stack.close()
         _close_logging()
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit or scancel) raised as an exception, so that the cleanup of
+    unfinished runs and temporary files runs before exiting."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

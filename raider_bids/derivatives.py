@@ -26,12 +26,28 @@ BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_provenance.json", "*_weights.pt", 
               "group_roistats.*")
 # What a finished run has; the provenance is written last, so it marks a run as finished.
 RUN_OUTPUTS = ("PDFFmap", "R2starmap", "S0map", "mask", "provenance")
-DESCRIPTIONS = {
-    "foreground": "voxels holding signal (automatic or user-given mask); the maps are estimated here only",
+CANDIDATES = {
     "water": "the water-dominant candidate, PDFF constrained to [0, 0.58] (water network, or water-side fit)",
     "fat": "the fat-dominant candidate, PDFF constrained to [0.58, 1] (fat network, or fat-side fit)",
     "full": "the single network with PDFF unconstrained in [0, 1] (--method single)",
 }
+
+
+def _descriptions() -> dict[str, str]:
+    """Every desc label this app writes: the mask, the candidates, and with several --method, each
+    method's maps (desc-<method>) and networks (desc-<method><network>)."""
+    from .estimators import ESTIMATORS
+
+    rows = {"foreground": "voxels holding signal (automatic or user-given mask); the maps are estimated here only"}
+    rows |= CANDIDATES
+    for name, estimator in sorted(ESTIMATORS.items()):
+        rows[name] = f"maps of --method {name}: {estimator.description}"
+        for network in getattr(estimator, "networks", ()):
+            rows[f"{name}{network}"] = f"the {network} network of --method {name} (when it is not the first method)"
+    return rows
+
+
+DESCRIPTIONS = _descriptions()
 README_TEXT = """raider-bids derivatives
 
 Per MEGRE run, in sub-<label>/[ses-<label>/]anat/:
@@ -40,6 +56,8 @@ Per MEGRE run, in sub-<label>/[ses-<label>/]anat/:
   *_S0map.nii.gz      signal at echo time 0 (image units)
   *_LLRmap.nii.gz     log-likelihood of the chosen (water or fat) solution minus the other (nats)
   *_desc-water_*map, *_desc-fat_*map  the two candidates (with --write-candidates)
+  *_desc-<method>_*map  each method's maps, when several were run (--method ssl fit supervised);
+                      the first method's maps are also under the plain names
   *_desc-foreground_mask.nii.gz  voxels where the maps were estimated
   *_provenance.json   how the maps were made (versions, options, seed, noise level, training)
   *_desc-<water|fat|full>_weights.pt  trained networks (torch.load(..., weights_only=True))
@@ -64,16 +82,22 @@ MAPS = {
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside `target` that replaces it only if the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
+    """A temporary path beside `target` that replaces it only if the block succeeds. Failing
+    writes (a file where a directory should be, no permission, a full disk) raise OutputError."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix="".join(target.suffixes) or ".tmp",
+                                   dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{exc.filename or target}: cannot write {target.name} ({exc.strerror or exc})") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, target)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -177,8 +201,10 @@ def output_path(output_dir: Path, run: RunEntities, suffix: str, desc: str | Non
 
 def map_sidecar(run: MegreRun, suffix: str, algorithm: str, reference: str, desc: str | None = None) -> dict[str, Any]:
     description, units = MAPS[suffix]
-    if desc is not None:
+    if desc in CANDIDATES:
         description = f"Candidate: {DESCRIPTIONS[desc]}. {description}"
+    elif desc is not None:
+        description = f"{DESCRIPTIONS[desc][0].upper()}{DESCRIPTIONS[desc][1:]}. {description}"
     return {"Description": description, "Units": units,
             "Sources": [f"bids:raw:{f}" for f in run.relative_files()],
             "EstimationAlgorithm": algorithm, "EstimationReference": reference,
@@ -202,10 +228,19 @@ class RunOutputs(RunEntities):
     entities: tuple[tuple[str, str], ...]
     files: dict[str, Path]  # suffix (PDFFmap, ..., mask, provenance) -> existing file
     provenance: dict = field(default_factory=dict)
+    output_dir: Path | None = None
 
     @property
     def missing(self) -> list[str]:
-        return [s for s in RUN_OUTPUTS if s not in self.files]
+        """Outputs a finished run has that this one lacks: the basic ones, and every file its
+        provenance lists (an interrupted rewrite can leave a provenance without its maps)."""
+        listed = self.provenance.get("Outputs", {}) if isinstance(self.provenance, dict) else {}
+        absent = [s for s in RUN_OUTPUTS if s not in self.files]
+        directory = run_directory(self.output_dir, self) if self.output_dir else None
+        if directory is not None and isinstance(listed, dict):
+            absent += [k for k, name in listed.items()
+                       if k not in RUN_OUTPUTS and not (directory / str(name)).is_file()]
+        return absent
 
     @property
     def finished(self) -> bool:
@@ -219,6 +254,18 @@ def _run_files(output_dir: Path, run: RunEntities) -> dict[str, Path]:
     return {s: p for s, p in candidates.items() if p.is_file()}
 
 
+def run_outputs(output_dir: Path, run: RunEntities) -> RunOutputs:
+    """What `output_dir` holds for one run (finished or not)."""
+    files = _run_files(output_dir, run)
+    provenance: dict = {}
+    if "provenance" in files:
+        try:
+            provenance = json.loads(files["provenance"].read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable provenance (%s)", files.pop("provenance"), exc)
+    return RunOutputs(run.entities, files, provenance, output_dir)
+
+
 def find_run_outputs(output_dir: Path) -> list[RunOutputs]:
     """Every run the participant level wrote (finished or not) in `output_dir`, sorted by name."""
     found: set[tuple[tuple[str, str], ...]] = set()
@@ -227,17 +274,30 @@ def find_run_outputs(output_dir: Path) -> list[RunOutputs]:
             entities = tuple(parse_entities(path))
             if "desc" not in dict(entities) and not path.name.startswith("."):
                 found.add(entities)
-    runs = []
-    for entities in found:
-        files = _run_files(output_dir, RunOutputs(entities, {}))
-        provenance: dict = {}
-        if "provenance" in files:
-            try:
-                provenance = json.loads(files["provenance"].read_text())
-            except (OSError, ValueError) as exc:
-                log.warning("%s: unreadable provenance (%s)", files.pop("provenance"), exc)
-        runs.append(RunOutputs(entities, files, provenance))
-    return sorted(runs, key=lambda r: r.name)
+    return sorted((run_outputs(output_dir, RunOutputs(e, {})) for e in found), key=lambda r: r.name)
+
+
+def remove_run_outputs(output_dir: Path, run: RunEntities) -> list[Path]:
+    """Delete every file of one run: maps, sidecars, weights, report figures and the temporary
+    files of writes that were killed. The provenance goes first, so that an interruption here
+    never leaves a run that looks finished. Returns what was deleted."""
+    own = dict(run.entities)
+
+    def belongs(path: Path) -> bool:
+        # Temporary files are '.<target name>.<random><suffixes>'; desc-<label> marks variants.
+        entities = dict(parse_entities(Path(path.name.lstrip("."))))
+        entities.pop("desc", None)
+        return path.is_file() and entities == own
+
+    directories = (run_directory(output_dir, run), figure_directory(output_dir, run.subject))
+    files = [p for d in directories if d.is_dir() for p in d.iterdir() if belongs(p)]
+    files.sort(key=lambda p: not p.name.endswith("_provenance.json"))
+    try:
+        for path in files:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{exc.filename}: cannot remove an earlier output ({exc.strerror or exc})") from None
+    return files
 
 
 def write_tsv(target: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:

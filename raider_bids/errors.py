@@ -6,7 +6,8 @@
     ├── InputDataError (65)        the dataset holds something this app cannot use
     ├── MissingInputError (66)     a required file or value is absent
     ├── NoFilesSelectedError (18)  the filters selected no MEGRE runs
-    └── OutputError (73)           the output or work directory cannot be written
+    ├── OutputError (73)           the output or work directory cannot be written
+    └── ResourceError (1)          the run needs more memory than it may use
 """
 
 from __future__ import annotations
@@ -40,3 +41,9 @@ class NoFilesSelectedError(RaiderError):
 
 class OutputError(RaiderError):
     exit_code = 73
+
+
+class ResourceError(RaiderError):
+    """BEP027 has no code of its own for this: the unspecified failure."""
+
+    exit_code = 1

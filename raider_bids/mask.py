@@ -21,21 +21,27 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[np.argmax(between)])
 
 
+def usable_voxels(echoes: np.ndarray) -> np.ndarray:
+    """Voxels of magnitudes (X, Y, Z, n_echoes) that can be fitted: finite at every echo (load_run
+    keeps NaN/Inf as NaN so that they are excluded here, not fitted as zeros) and nonzero at some
+    echo (zero everywhere: a scanner-zeroed background, which cannot be normalised). Every mask,
+    automatic or the user's, is restricted to these."""
+    return np.isfinite(echoes).all(axis=-1) & (echoes > 0).any(axis=-1)
+
+
 def foreground_mask(echoes: np.ndarray) -> np.ndarray:
     """Boolean mask of shape echoes.shape[:-1] from magnitudes of shape (X, Y, Z, n_echoes).
 
     Otsu's threshold on the log of the echo-averaged magnitude separates noise from tissue over
-    orders of magnitude (a linear threshold would cut dark tissue); exactly-zero voxels (a
-    scanner-zeroed background) never count. An in-plane opening and the removal of specks
-    clean the edges.
+    orders of magnitude (a linear threshold would cut dark tissue); only usable voxels (finite,
+    not zero at every echo) count. An in-plane opening and the removal of specks clean the edges.
     """
-    mean = echoes.mean(axis=-1)
-    positive = mean > 0
-    if positive.sum() < 2:
-        return positive
-    log_mean = np.log(mean[positive])
-    mask = positive.copy()
-    mask[positive] = log_mean > otsu_threshold(log_mean)
+    usable = usable_voxels(echoes)
+    if usable.sum() < 2:
+        return usable
+    log_mean = np.log(echoes[usable].mean(axis=-1, dtype=np.float64))
+    mask = usable.copy()
+    mask[usable] = log_mean > otsu_threshold(log_mean)
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3, 1), dtype=bool))
     labels, n = ndi.label(mask)
     if n > 1:

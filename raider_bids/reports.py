@@ -11,7 +11,7 @@ import logging
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from . import __version__
 from .derivatives import (MAPS, RunOutputs, figure_directory, report_path, write_figure, write_text)
+from .comparison import AGREEMENT
 from .roistats import STATISTIC_MAPS
 from .transforms import PDFF_BOUNDARY
 
@@ -52,6 +53,17 @@ def _page(title: str, body: str) -> str:
 def _table(rows: Iterable[tuple[Any, Any]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
+
+
+def _image(output_dir: Path, path: Path, alt: str, draw: Callable[[], Figure]) -> str:
+    """Draw and write one figure; its <img> tag, or a note where it could not be drawn (a figure
+    must never fail the run or the group level: the maps and tables are the results)."""
+    try:
+        write_figure(path, draw())
+    except Exception as exc:  # matplotlib raises many types, e.g. on extreme values
+        log.warning("%s: figure not drawn (%s: %s)", path, exc.__class__.__name__, exc)
+        return f"<p class=\"note\">Figure '{html.escape(alt)}' could not be drawn ({html.escape(str(exc))}).</p>"
+    return f"<img src=\"{path.relative_to(output_dir).as_posix()}\" alt=\"{html.escape(alt)}\">"
 
 
 def _load(path: Path) -> np.ndarray:
@@ -125,7 +137,7 @@ def _training_figure(networks: list[dict]) -> Figure:
         low, high = min(losses), max(losses)
         ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Rician NLL per voxel")
+    ax.set_ylabel(networks[0].get("Loss", "Rician NLL per voxel") if networks else "loss")
     ax.legend(fontsize=8)
     ax.set_title("Training curves (dotted: best epoch, whose weights are kept)", fontsize=10)
     return fig
@@ -168,6 +180,10 @@ def _provenance_table(prov: dict) -> str:
     for net in est.get("Networks", []):
         rows.append((f"Network {net['Network']}", html.escape(
             f"{net['Epochs']} epochs, best {net['BestEpoch']}, stopped: {net['StopReason']}, {net['Seconds']} s")))
+    for name, method in prov.get("Methods", {}).items():
+        fat = method.get("ShareChoosingFat", method.get("ShareFatDominant"))
+        rows.append((f"Method {html.escape(name)}", html.escape(
+            f"{method.get('Seconds', '?')} s" + (f", {100 * fat:.1f}% of voxels on the fat side" if fat is not None else ""))))
     rows.append(("Timings (s)", html.escape(", ".join(f"{k.removesuffix('Seconds')} {v}" for k, v in timings.items()))))
     rows.append(("Software", html.escape(", ".join(f"{k} {v}" for k, v in prov.get("Software", {}).items()))))
     rows.append(("Command line", f"<code>{html.escape(' '.join(map(str, prov.get('CommandLine', []))))}</code>"))
@@ -193,25 +209,50 @@ def _run_section(output_dir: Path, run: RunOutputs, bids_dir: Path | None) -> st
     parts = [f"<h2 id=\"{run.name}\">{html.escape(run.name)}</h2>"]
     for key, (volume, limits, show_mask) in volumes.items():
         title, cmap = _PANELS[key]
-        path = figures / f"{run.name}_{key}.png"
-        write_figure(path, _mosaic(volume, slices, title, cmap, limits, show_mask))
-        parts.append(f"<img src=\"{path.relative_to(output_dir).as_posix()}\" alt=\"{html.escape(title)}\">")
+        parts.append(_image(output_dir, figures / f"{run.name}_{key}.png", title,
+                            lambda: _mosaic(volume, slices, title, cmap, limits, show_mask)))
     if "echo1" not in volumes:
         parts.append("<p class=\"note\">First echo not shown: the raw data were not found.</p>")
     if "confidence" not in volumes:
         parts.append("<p class=\"note\">No water/fat confidence map: this method has one candidate.</p>")
     networks = run.provenance.get("Estimation", {}).get("Networks", [])
     if networks:
-        path = figures / f"{run.name}_training.png"
-        write_figure(path, _training_figure(networks))
-        parts.append(f"<img src=\"{path.relative_to(output_dir).as_posix()}\" alt=\"training curves\">")
+        parts.append(_image(output_dir, figures / f"{run.name}_training.png", "training curves",
+                            lambda: _training_figure(networks)))
     else:
         parts.append("<p class=\"note\">No training curves: this method trains no network.</p>")
-    path = figures / f"{run.name}_histograms.png"
-    write_figure(path, _histogram_figure(maps, mask))
-    parts.append(f"<img src=\"{path.relative_to(output_dir).as_posix()}\" alt=\"histograms\">")
+    parts.append(_image(output_dir, figures / f"{run.name}_histograms.png", "histograms",
+                        lambda: _histogram_figure(maps, mask)))
+    parts += _comparison_section(output_dir, run, maps, mask, slices)
     parts.append("<h3>Provenance</h3>" + _provenance_table(run.provenance))
     return "\n".join(parts)
+
+
+def _comparison_section(output_dir: Path, run: RunOutputs, maps: dict[str, np.ndarray], mask: np.ndarray,
+                        slices: list[int]) -> list[str]:
+    """With several methods: per other method, maps of its difference from the first method and
+    the agreement statistics recorded in the provenance."""
+    comparison = run.provenance.get("Comparison")
+    if not comparison:
+        return []
+    reference, outputs = comparison.get("Reference", "?"), run.provenance.get("Outputs", {})
+    anat, figures = run.files["PDFFmap"].parent, figure_directory(output_dir, run.subject)
+    parts = [f"<h3>Methods compared with {html.escape(reference)}</h3>"]
+    for other, stats in comparison.get("Agreement", {}).items():
+        parts.append(f"<h4>{html.escape(other)} - {html.escape(reference)}</h4>")
+        for suffix, label in (("PDFFmap", "PDFF"), ("R2starmap", "R2* (1/s)")):
+            name = outputs.get(f"{suffix}-{other}")
+            if not name or not (anat / name).is_file():
+                parts.append(f"<p class=\"note\">{html.escape(other)}'s {label} map is missing.</p>")
+                continue
+            difference = _load(anat / name) - maps[suffix]
+            bound = 1.0 if suffix == "PDFFmap" else max(1.0, float(np.percentile(np.abs(difference[mask]), 99)))
+            title = f"{label}: {other} - {reference} (blue: {other} lower, red: higher)"
+            parts.append(_image(output_dir, figures / f"{run.name}_{suffix}-{other}-minus-{reference}.png", title,
+                                lambda: _mosaic(difference, slices, title, "RdBu_r", (-bound, bound), mask)))
+        parts.append(_table((AGREEMENT[k][0] + f" ({AGREEMENT[k][1]})", _number(v)) for k, v in stats.items()
+                            if k in AGREEMENT))
+    return parts
 
 
 def participant_report(output_dir: Path, subject: str, runs: list[RunOutputs], bids_dir: Path | None) -> Path:
@@ -276,16 +317,15 @@ def group_report(output_dir: Path, rows: list[dict], runs: list[RunOutputs], pro
     body.append("<h2>Participants</h2>" + _table(listing))
     for roi in dict.fromkeys(r["roi"] for r in rows):
         mine = [r for r in rows if r["roi"] == roi]
-        path = figure_directory(output_dir, None) / f"group_roi-{_safe(roi)}.png"
-        write_figure(path, _roi_figure(roi, mine, participants))
+        image = _image(output_dir, figure_directory(output_dir, None) / f"group_roi-{_safe(roi)}.png", f"ROI {roi}",
+                       lambda: _roi_figure(roi, mine, participants))
         summary = []
         for name in STATISTIC_MAPS:
             medians = np.array([r["median"] for r in mine if r["map"] == name and r["median"] is not None])
             summary.append((name, f"{medians.size} run(s); median of run medians "
                                   f"{np.median(medians):.4g}, range {medians.min():.4g} to {medians.max():.4g}"
                             if medians.size else "no voxels"))
-        body.append(f"<h2>ROI {html.escape(roi)}</h2><img src=\"{path.relative_to(output_dir).as_posix()}\" "
-                    f"alt=\"ROI {html.escape(roi)}\">" + _table(summary))
+        body.append(f"<h2>ROI {html.escape(roi)}</h2>{image}" + _table(summary))
     target = output_dir / "group.html"
     write_text(target, _page("raider-bids group report", "\n".join(body)))
     return target

@@ -3,6 +3,7 @@ report per participant. Group level: ROI statistics of the participant-level out
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import sys
@@ -15,16 +16,20 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bids_io import (MegreRun, find_runs, list_run_names, load_filters, load_mask, load_run, read_volume,
+from .bids_io import (MegreRun, find_runs, list_run_names, load_filters, load_mask, load_run, read_volume, run_size,
                       strip_ses, strip_sub)
 from .config import Config
 from .derivatives import (RunOutputs, find_run_outputs, map_sidecar, output_path, prepare_output_dataset,
-                          write_json, write_nifti, write_torch, write_tsv)
-from .errors import InputDataError, MissingInputError, NoFilesSelectedError, UsageError
-from .estimators import ProgressCallbackFactory, get_estimator
+                          remove_run_outputs, run_outputs, write_json, write_nifti, write_torch, write_tsv)
+from .errors import (InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, ResourceError,
+                     UsageError)
+from .comparison import agreement
+from .estimators import Estimates, Estimator, ProgressCallbackFactory, get_estimator
 from .fat_spectrum import load_fat_spectrum
-from .mask import foreground_mask
+from .mask import foreground_mask, usable_voxels
 from .noise import estimate_sigma
+from .resources import (DEFAULT_WORKING_BYTES, MIN_WORKING_BYTES, format_bytes, resident_bytes, run_bytes,
+                        set_working_memory)
 from .reports import group_report, participant_report
 from .rois import Roi, applies_to, find_roi_files, load_rois
 from .roistats import COLUMNS, DATA_DICTIONARY, STATISTIC_MAPS, roi_rows
@@ -57,29 +62,82 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def select_runs(config: Config) -> list[MegreRun]:
+def select_runs(config: Config) -> tuple[list[MegreRun], dict[str, RaiderError]]:
     return find_runs(config.bids_dir, list(config.participant_labels), list(config.session_labels),
                      load_filters(config.bids_filter_file), config.field_strength_t)
 
 
-def participant(config: Config, progress: ProgressCallbackFactory | None = None) -> list[RunResult]:
-    """Process every selected run; returns where each run's outputs went."""
-    runs = select_runs(config)
+@dataclass
+class ParticipantResult:
+    finished: list[RunResult]  # processed now
+    skipped: list[MegreRun]  # finished before with the same options
+    failed: dict[str, RaiderError]  # run name -> why, in name order
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the code of the first run that failed."""
+        return next(iter(self.failed.values())).exit_code if self.failed else 0
+
+
+def participant(config: Config, progress: ProgressCallbackFactory | None = None) -> ParticipantResult:
+    """Process every selected run; a run that fails is reported and the others go on. Runs that
+    already finished with the same options are skipped."""
+    runs, failed = select_runs(config)
+    for name, exc in failed.items():
+        log.error("%s", exc)
+    if not runs:
+        return ParticipantResult([], [], failed)
     spectrum = load_fat_spectrum(config.fat_spectrum)
     device = resolve_device(config.device)
-    estimator = get_estimator(config.method, config.training)
+    estimators = [get_estimator(m, config.training) for m in config.methods]
     prepare_output_dataset(config.output_dir, config.bids_dir)
     log.info("%d run(s) selected: %s", len(runs), ", ".join(r.name for r in runs))
-    results = []
+    result = ParticipantResult([], [], failed)
     for i, run in enumerate(runs, 1):
+        previous = run_outputs(config.output_dir, run)
+        if previous.finished and _same_options(previous.provenance, config):
+            log.info("[%d/%d] %s: already finished with the same options (%s); skipped", i, len(runs), run.name,
+                     previous.files["provenance"].name)
+            result.skipped.append(run)
+            continue
+        if previous.files:
+            why = "made with other options" if previous.finished else "left by an interrupted or failed run"
+            log.info("%s: removing earlier outputs %s", run.name, why)
+        remove_run_outputs(config.output_dir, run)
         log.info("[%d/%d] %s: %d echoes, TE %.2f-%.2f ms, %.3g T", i, len(runs), run.name,
                  len(run.echo_times_s), 1e3 * run.echo_times_s[0], 1e3 * run.echo_times_s[-1],
                  run.field_strength_t)
-        callback = progress(run.name) if progress else None
-        results.append(process_run(config, run, Acquisition(run.echo_times_s, run.field_strength_t, spectrum),
-                                   estimator, device, callback))
-    write_participant_reports(config, sorted({r.run.subject for r in results}))
-    return results
+        try:
+            callback = progress(run.name) if progress else None
+            result.finished.append(process_run(config, run, Acquisition(run.echo_times_s, run.field_strength_t,
+                                                                        spectrum), estimators, device, callback))
+        except BaseException as exc:
+            remove_run_outputs(config.output_dir, run)  # whatever stops a run leaves none of its files
+            error = _user_error(exc, run)
+            log.error("%s", error)
+            result.failed[run.name] = error
+    result.failed = dict(sorted(result.failed.items()))
+    write_participant_reports(config, sorted({r.run.subject for r in result.finished}
+                                             | {r.subject for r in result.skipped}))
+    return result
+
+
+def _user_error(exc: BaseException, run: MegreRun) -> RaiderError:
+    """A run's failure as a one-line user error; anything else (an interruption, a bug) is raised."""
+    if isinstance(exc, RaiderError):
+        return exc
+    # torch reports a failed allocation as a RuntimeError ("... not enough memory ...").
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "memory" in str(exc).lower()):
+        return ResourceError(f"{run.echo_files[0].parent}: run {run.name} ran out of memory; give the job "
+                             "more memory (and --mem), or fewer --nprocs")
+    raise exc
+
+
+def _same_options(provenance: dict, config: Config) -> bool:
+    recorded = provenance.get("Configuration", {})
+    current = json.loads(json.dumps(config.result_options(), default=str))
+    return (provenance.get("Software", {}).get("raider-bids") == __version__
+            and {k: recorded.get(k) for k in current} == current)
 
 
 def write_participant_reports(config: Config, subjects: list[str]) -> None:
@@ -91,24 +149,28 @@ def write_participant_reports(config: Config, subjects: list[str]) -> None:
         log.info("report: %s", path)
 
 
-def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimator, device: torch.device,
-                progress=None) -> RunResult:
+def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimators: list[Estimator],
+                device: torch.device, progress=None) -> RunResult:
+    """Load, mask, estimate the noise, run every estimator (the first is the primary) and write."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if config.mem_bytes:
+        _fit_memory(run, config.mem_bytes)
     data, reference = load_run(run)
     timings["LoadSeconds"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     if config.mask_file:
-        # Voxels that are zero at every echo carry no information (and cannot be normalised).
-        mask = load_mask(config.mask_file, data.shape[:3]) & (data.max(axis=-1) > 0)
+        # NaN/Inf voxels and voxels zero at every echo cannot be fitted, whatever the user's mask says.
+        mask = (load_mask(config.mask_file, data.shape[:3], reference.affine, run.echo_files[0].name)
+                & usable_voxels(data))
         mask_source = f"user: {config.mask_file}"
     else:
         mask = foreground_mask(data)
         mask_source = "automatic (Otsu threshold on the log of the echo-mean magnitude, opening, specks removed)"
     if mask.sum() < 10:
         raise InputDataError(f"{run.echo_files[0]}: only {int(mask.sum())} voxels in the foreground mask")
-    signals = data[mask]
+    signals = data[mask].astype(np.float64)  # the estimators work in float64 (stored as float32)
     timings["MaskSeconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -121,33 +183,68 @@ def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimat
     timings["NoiseSeconds"] = time.perf_counter() - t
     log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], sigma, noise["Method"])
 
-    t = time.perf_counter()
-    estimates = estimator.fit(signals, acquisition, sigma, seed=config.random_seed, device=device,
-                              progress=progress)
-    timings["EstimationSeconds"] = time.perf_counter() - t
-    log.info("%s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, 100 * estimates.chose_fat.mean())
+    results: dict[str, Estimates] = {}
+    for estimator in estimators:
+        t = time.perf_counter()
+        estimates = estimator.fit(signals, acquisition, sigma, seed=config.random_seed, device=device,
+                                  progress=progress)
+        seconds = time.perf_counter() - t
+        timings["EstimationSeconds"] = timings.get("EstimationSeconds", 0.0) + seconds
+        estimates.provenance["Seconds"] = round(seconds, 3)
+        results[estimator.name] = estimates
+        log.info("%s: %s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, estimator.name,
+                 100 * estimates.chose_fat.mean())
 
-    outputs = write_outputs(config, run, acquisition, reference, mask, estimates, estimator, noise,
+    outputs = write_outputs(config, run, acquisition, reference, mask, results, estimators, noise,
                             mask_source, device, timings)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
     return RunResult(run, outputs)
 
 
-def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, reference, mask, estimates,
-                  estimator, noise: dict, mask_source: str, device: torch.device,
-                  timings: dict[str, float]) -> dict[str, Path]:
+def _fit_memory(run: MegreRun, limit: int) -> None:
+    """Refuse a run whose whole-image arrays cannot fit in `limit` bytes; size the chunks of the
+    computations to what is left."""
+    base, images = resident_bytes(), run_bytes(run_size(run))
+    if base + images + MIN_WORKING_BYTES > limit:
+        raise ResourceError(f"{run.echo_files[0].parent}: run {run.name} needs about "
+                            f"{format_bytes(base + images + MIN_WORKING_BYTES)} ({format_bytes(base)} for the "
+                            f"program, {format_bytes(images)} for the images), more than --mem {format_bytes(limit)}")
+    set_working_memory(min(DEFAULT_WORKING_BYTES, limit - base - images))
+
+
+def _maps(estimates: Estimates) -> dict[str, np.ndarray]:
+    """Suffix -> per-voxel values of one method's maps."""
+    maps = {"PDFFmap": estimates.pdff, "R2starmap": estimates.r2star_s, "S0map": estimates.s0}
+    if estimates.log_likelihood_ratio is not None:
+        maps["LLRmap"] = estimates.log_likelihood_ratio
+    return maps
+
+
+def _candidate(estimates: Estimates) -> dict[str, np.ndarray]:
+    return {"pdff": estimates.pdff, "r2star_s": estimates.r2star_s, "s0": estimates.s0}
+
+
+def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, reference, mask,
+                  results: dict[str, Estimates], estimators: list[Estimator], noise: dict, mask_source: str,
+                  device: torch.device, timings: dict[str, float]) -> dict[str, Path]:
+    """Maps of the primary (first) method under the plain names; with several methods, every
+    method's maps also as desc-<method> variants and their agreement with the primary in the
+    provenance. Weights: desc-<network> for the primary, desc-<method><network> for the others."""
     t = time.perf_counter()
     out = config.output_dir
     outputs: dict[str, Path] = {}
-    volumes = {("PDFFmap", None): estimates.pdff, ("R2starmap", None): estimates.r2star_s,
-               ("S0map", None): estimates.s0}
-    if estimates.log_likelihood_ratio is not None:
-        volumes[("LLRmap", None)] = estimates.log_likelihood_ratio
+    primary = estimators[0]
+    several = len(estimators) > 1
+    volumes = {(suffix, None, primary): values for suffix, values in _maps(results[primary.name]).items()}
     if config.write_candidates:
-        for kind, candidate in estimates.candidates.items():
-            volumes |= {("PDFFmap", kind): candidate["pdff"], ("R2starmap", kind): candidate["r2star_s"],
-                        ("S0map", kind): candidate["s0"]}
-    for (suffix, desc), values in volumes.items():
+        for kind, candidate in results[primary.name].candidates.items():
+            volumes |= {("PDFFmap", kind, primary): candidate["pdff"],
+                        ("R2starmap", kind, primary): candidate["r2star_s"], ("S0map", kind, primary): candidate["s0"]}
+    if several:
+        for estimator in estimators:
+            volumes |= {(suffix, estimator.name, estimator): values
+                        for suffix, values in _maps(results[estimator.name]).items()}
+    for (suffix, desc, estimator), values in volumes.items():
         volume = np.zeros(mask.shape, dtype=np.float32)
         volume[mask] = values
         path = output_path(out, run, suffix, desc=desc)
@@ -161,10 +258,12 @@ def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, refer
                {"Description": f"Foreground mask, {mask_source}",
                 "Sources": [f"bids:raw:{f}" for f in run.relative_files()], "SkullStripped": False})
     outputs["mask"] = mask_path
-    for kind, weights in estimates.weights.items():
-        path = output_path(out, run, "weights", desc=kind, ext=".pt")
-        write_torch(path, weights)
-        outputs[f"weights-{kind}"] = path
+    for estimator in estimators:
+        for kind, weights in results[estimator.name].weights.items():
+            desc = kind if estimator is primary else f"{estimator.name}{kind}"
+            path = output_path(out, run, "weights", desc=desc, ext=".pt")
+            write_torch(path, weights)
+            outputs[f"weights-{desc}"] = path
     timings["WriteSeconds"] = time.perf_counter() - t
     provenance = {
         "Software": library_versions(),
@@ -179,7 +278,12 @@ def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, refer
         "FatSpectrum": acquisition.fat_spectrum.to_dict(),
         "Noise": noise,
         "Mask": {"Source": mask_source, "Voxels": int(mask.sum())},
-        "Estimation": estimates.provenance,
+        "Estimation": results[primary.name].provenance,
+        **({"Methods": {name: estimates.provenance for name, estimates in results.items()},
+            "Comparison": {"Reference": primary.name,
+                           "Agreement": {name: agreement(_candidate(results[primary.name]), _candidate(estimates))
+                                         for name, estimates in results.items() if name != primary.name}}}
+           if several else {}),
         "Timings": {k: round(v, 3) for k, v in timings.items()},
         "Outputs": {k: v.name for k, v in outputs.items()},
     }

@@ -56,9 +56,19 @@ def bids(tmp_path) -> Path:
     return make_bids(tmp_path / "bids")
 
 
-def only(runs):
+def only(found):
+    """The one run found; the problem of the one unusable run is raised."""
+    runs, problems = found
+    if problems:
+        raise next(iter(problems.values()))
     assert len(runs) == 1, [r.name for r in runs]
     return runs[0]
+
+
+def run_names(found) -> list[str]:
+    runs, problems = found
+    assert not problems, problems
+    return [r.name for r in runs]
 
 
 # ---------------------------------------------------------------- finding runs
@@ -94,7 +104,7 @@ def test_dataset_without_part(bids):
 def test_only_phase_files_select_nothing(bids):
     add_run(bids, part="phase")
     with pytest.raises(NoFilesSelectedError) as exc:
-        find_runs(bids)
+        only(find_runs(bids))
     assert exc.value.exit_code == 18
 
 
@@ -102,7 +112,7 @@ def test_derivatives_sourcedata_and_code_ignored(bids):
     add_run(bids)
     for folder in ("derivatives/other", "sourcedata", "code"):
         add_run(bids / folder, sub="09")
-    assert [r.name for r in find_runs(bids)] == ["sub-01"]
+    assert run_names(find_runs(bids)) == ["sub-01"]
 
 
 def test_sessions_acquisitions_and_runs_are_separate(bids):
@@ -110,7 +120,8 @@ def test_sessions_acquisitions_and_runs_are_separate(bids):
     for ses, acq, run in combos:
         add_run(bids, ses=ses, acq=acq, run=run, part="mag")
     add_run(bids, sub="02", ses="1")  # no acq, no run, no part
-    runs = find_runs(bids)
+    runs, problems = find_runs(bids)
+    assert not problems
     expected = sorted([f"sub-01_ses-{s}_acq-{a}_run-{r}" for s, a, r in combos] + ["sub-02_ses-1"])
     assert [r.name for r in runs] == expected
     for r in runs:
@@ -136,7 +147,7 @@ def test_zero_padded_echoes_with_string_echo_times(bids):
     assert [f.name for f in run.echo_files] == [f"sub-01_echo-{i:02d}_MEGRE.nii.gz" for i in order]
     assert run.field_strength_t == 3.0
     data, ref = load_run(run)
-    assert data.shape == (4, 4, 2, 10) and data.dtype == np.float64
+    assert data.shape == (4, 4, 2, 10) and data.dtype == np.float32
     np.testing.assert_array_equal(data[1, 2, 1], order)
     assert Path(ref.get_filename()) == run.echo_files[0]
 
@@ -173,7 +184,7 @@ def test_partless_sidecars_apply_to_magnitude_not_phase_sidecars(bids):
 def test_missing_field_strength(bids):
     add_run(bids, field=None)
     with pytest.raises(MissingInputError, match="--field-strength") as exc:
-        find_runs(bids)
+        only(find_runs(bids))
     assert "sub-01_echo-1_MEGRE.nii.gz" in str(exc.value) and exc.value.exit_code == 66
     assert only(find_runs(bids, field_strength_t=2.89)).field_strength_t == 2.89
 
@@ -188,7 +199,7 @@ def test_conflicting_field_strengths(bids):
     write_json(paths[0].with_name(paths[0].name.replace(".nii.gz", ".json")),
                {"EchoTime": TES[0], "MagneticFieldStrength": 1.5})
     with pytest.raises(InputDataError, match="different MagneticFieldStrength"):
-        find_runs(bids)
+        only(find_runs(bids))
 
 
 # ---------------------------------------------------------------- selection
@@ -208,13 +219,13 @@ def three_subjects(bids):
     (None, ["01", "02", "03"]),
 ])
 def test_participant_labels(three_subjects, labels, subjects):
-    assert [r.subject for r in find_runs(three_subjects, participant_labels=labels)] == subjects
+    assert [r.subject for r in find_runs(three_subjects, participant_labels=labels)[0]] == subjects
 
 
 @pytest.mark.parametrize("labels", [["04"], ["sub-1"], ["01", "sub-99"]])
 def test_unknown_participant_label(three_subjects, labels):
     with pytest.raises(UsageError, match="it has: 01, 02, 03") as exc:
-        find_runs(three_subjects, participant_labels=labels)
+        only(find_runs(three_subjects, participant_labels=labels))
     assert exc.value.exit_code == 64
 
 
@@ -234,7 +245,7 @@ def varied(bids):
     (["1", "ses-2"], ["sub-01_ses-1", "sub-01_ses-1_acq-x_run-2", "sub-01_ses-1_run-1", "sub-01_ses-2_run-1"]),
 ])
 def test_session_labels(varied, sessions, names):
-    assert [r.name for r in find_runs(varied, session_labels=sessions)] == names
+    assert run_names(find_runs(varied, session_labels=sessions)) == names
 
 
 @pytest.mark.parametrize("spec, names", [
@@ -248,7 +259,7 @@ def test_session_labels(varied, sessions, names):
 def test_filter_file(varied, tmp_path, spec, names):
     path = tmp_path / "filter.json"
     path.write_text(json.dumps(spec))
-    assert [r.name for r in find_runs(varied, filters=load_filters(path))] == names
+    assert run_names(find_runs(varied, filters=load_filters(path))) == names
 
 
 def test_no_filter_file():
@@ -259,13 +270,13 @@ def test_filter_selecting_nothing(varied, tmp_path):
     path = tmp_path / "filter.json"
     path.write_text(json.dumps({"megre": {"acquisition": "nope"}}))
     with pytest.raises(NoFilesSelectedError, match="nope") as exc:
-        find_runs(varied, filters=load_filters(path))
+        only(find_runs(varied, filters=load_filters(path)))
     assert exc.value.exit_code == 18
 
 
 def test_unknown_session_label(varied):
     with pytest.raises(UsageError, match="1, 2"):
-        find_runs(varied, session_labels=["3"])
+        only(find_runs(varied, session_labels=["3"]))
 
 
 @pytest.mark.parametrize("text", ['{"megre": {"acquisition": ', "[1, 2]", '{"megre": "x"}', None])
@@ -288,7 +299,7 @@ def test_filter_value_that_is_an_object(tmp_path):
 def test_star_inside_a_list_means_any_value(varied):
     path = varied / "filter.json"
     path.write_text(json.dumps({"megre": {"acquisition": ["*"]}}))
-    runs = find_runs(varied, filters=load_filters(path))
+    runs, _ = find_runs(varied, filters=load_filters(path))
     assert runs and all(dict(r.entities).get("acq") for r in runs)
 
 
@@ -301,7 +312,7 @@ def test_unknown_query_name(tmp_path):
 
 def test_unknown_entity_in_filter(varied):
     with pytest.raises(UsageError, match="invalid BIDS filter"):
-        find_runs(varied, filters={"notanentity": "x"})
+        only(find_runs(varied, filters={"notanentity": "x"}))
 
 
 # ---------------------------------------------------------------- error paths
@@ -309,7 +320,7 @@ def test_unknown_entity_in_filter(varied):
 def test_echo_time_in_milliseconds(bids):
     add_run(bids, tes=(1.15, 2.3, 3.45, 4.6))
     with pytest.raises(InputDataError, match="milliseconds") as exc:
-        find_runs(bids)
+        only(find_runs(bids))
     assert exc.value.exit_code == 65
 
 
@@ -321,28 +332,28 @@ def test_echo_time_in_milliseconds(bids):
 def test_bad_echo_time(bids, te, error, match):
     add_run(bids, tes=(te,) + TES[1:])
     with pytest.raises(error, match=match):
-        find_runs(bids)
+        only(find_runs(bids))
 
 
 def test_missing_echo_time(bids):
     add_run(bids)
     add_echo(bids, "01", 5, {"MagneticFieldStrength": 3})
     with pytest.raises(MissingInputError, match="sub-01_echo-5_MEGRE.nii.gz: no EchoTime") as exc:
-        find_runs(bids)
+        only(find_runs(bids))
     assert exc.value.exit_code == 66
 
 
 def test_fewer_than_four_echoes(bids):
     add_run(bids, tes=TES[:3])
     with pytest.raises(InputDataError, match="3 echoes"):
-        find_runs(bids)
+        only(find_runs(bids))
 
 
 def test_mixed_part_mag_and_partless_files(bids):
     add_run(bids, part="mag")
     add_run(bids)
     with pytest.raises(InputDataError, match="same EchoTime"):
-        find_runs(bids)
+        only(find_runs(bids))
 
 
 @pytest.mark.parametrize("remove", ["dataset_description.json", "."])
@@ -355,7 +366,7 @@ def test_missing_dataset(tmp_path, remove):
     else:
         target.unlink()
     with pytest.raises(MissingInputError) as exc:
-        find_runs(bids)
+        only(find_runs(bids))
     assert exc.value.exit_code == 66
 
 
@@ -374,10 +385,16 @@ def test_negative_values(bids):
     assert "echo-2" in str(exc.value) and exc.value.exit_code == 65
 
 
-def test_non_finite_values_are_zeroed(bids):
-    add_run(bids, value=lambda i: np.nan if i == 1 else float(i))
+def test_non_finite_values_come_back_as_nan(bids):
+    paths = add_run(bids)
+    volume = np.ones((4, 4, 2), np.float32)
+    volume[0, 0, 0], volume[1, 1, 1] = np.nan, -np.inf
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), paths[1])
     data, _ = load_run(only(find_runs(bids)))
-    np.testing.assert_array_equal(data[0, 0, 0], [0, 2, 3, 4])
+    assert np.isnan(data[0, 0, 0, 1]) and np.isnan(data[1, 1, 1, 1]) and np.isfinite(data).sum() == data.size - 2
+    add_run(bids, value=lambda i: np.nan if i == 1 else float(i))  # an echo without a finite value
+    with pytest.raises(InputDataError, match="no positive finite value"):
+        load_run(only(find_runs(bids)))
 
 
 def test_singleton_fourth_axis_and_corrupt_file(bids):

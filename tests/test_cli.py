@@ -4,9 +4,7 @@ half-written files in the output directory."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_checks import assert_one_error
+from cli_checks import assert_no_partial_files, assert_one_error, reset_logger, run_cli, snapshot
 from raider_bids.cli import build_parser, config_from_args, main
 from raider_bids.demo import write_dataset
 
@@ -30,20 +28,13 @@ FAST = ["--participant-label", "01", "--max-epochs", "1", "--patience", "1", "--
 
 # ---------------------------------------------------------------- fixtures and helpers
 
-def _reset_logger() -> None:
-    logger = logging.getLogger("raider_bids")
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-
-
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch, tmp_path):
     # main() does os.environ.setdefault("MPLCONFIGDIR", ...): keep it from leaking between tests.
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    _reset_logger()
+    reset_logger()
     yield
-    _reset_logger()
+    reset_logger()
 
 
 @pytest.fixture(scope="session")
@@ -56,27 +47,6 @@ def template(tmp_path_factory) -> Path:
 @pytest.fixture
 def bids(template, tmp_path) -> Path:
     return Path(shutil.copytree(template, tmp_path / "bids"))
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under root -> sha256 of its content ('dir' for directories)."""
-    return {p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
-
-
-def run_cli(capsys, argv) -> tuple[int, str]:
-    """main() in-process: (exit code, stderr). argparse errors leave through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def assert_no_partial_files(out: Path) -> None:
-    if out.is_dir():
-        hidden = [p.relative_to(out).as_posix() for p in out.rglob(".*") if p.name != ".bidsignore"]
-        assert not hidden, hidden
 
 
 def fill(argv, bids: Path, tmp_path: Path) -> list[str]:
@@ -201,12 +171,13 @@ ERRORS = [
     pytest.param(["{bids}", "{out}", P, "--bids-filter-file", "{tmp}/filter.json"], 64, ["filter.json", "t1w"],
                  _filter({"t1w": {"acquisition": "x"}}), id="filter-unknown-query"),
     # sidecars
-    pytest.param(["{bids}", "{out}", P], 66, ["MagneticFieldStrength", "--field-strength"], _no_field_strength,
-                 id="no-field-strength"),
+    # (one participant: each unusable run gets its own error line)
+    pytest.param(["{bids}", "{out}", P, "--participant-label", "01"], 66, ["MagneticFieldStrength", "--field-strength"],
+                 _no_field_strength, id="no-field-strength"),
     pytest.param(["{bids}", "{out}", P, "--field-strength", "3", "--fat-spectrum", "nonsense"], 64,
                  ["--fat-spectrum nonsense"], _no_field_strength, id="field-strength-given"),
-    pytest.param(["{bids}", "{out}", P], 65, ["sub-01_echo-1_part-mag_MEGRE", "milliseconds"], _echo_time_ms,
-                 id="echo-time-ms"),
+    pytest.param(["{bids}", "{out}", P, "--participant-label", "01"], 65, ["sub-01_echo-1_part-mag_MEGRE", "milliseconds"],
+                 _echo_time_ms, id="echo-time-ms"),
     # options checked by the workflow
     pytest.param(["{bids}", "{out}", P, "--fat-spectrum", "nonsense"], 64, ["--fat-spectrum nonsense", "hernando"],
                  None, id="fat-spectrum-name"),

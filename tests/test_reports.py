@@ -99,3 +99,35 @@ def test_slices_cover_the_foreground_only():
     assert picked[0] == 5 and picked[-1] == 14
     assert all(mask[:, :, z].any() for z in picked)
     assert _slices(np.zeros((2, 2, 3), dtype=bool)) == [0, 1, 2]
+
+
+
+def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, monkeypatch, capsys):
+    """Extreme values (float32's largest, as a broken upstream tool might leave) in a map, and a
+    plotting error, never fail a level: the table and pages are written, with a note for the figure."""
+    import nibabel as nib
+
+    from raider_bids import reports
+
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    write_dataset(tmp_path / "bids", shape=(16, 16, 2), subjects=("01",), seed=1)
+    base = [str(tmp_path / "bids"), str(tmp_path / "out")]
+    assert main(base + ["participant", "--method", "fit"]) == 0
+    path = tmp_path / "out" / "sub-01" / "anat" / "sub-01_R2starmap.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    data[data > np.median(data[data > 0])] = np.finfo(np.float32).max
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot draw this")
+
+    monkeypatch.setattr(reports, "_roi_figure", broken)
+    assert main(base + ["group"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "figure not drawn" in err
+    assert "3.4028235e+38" in (tmp_path / "out" / "group_roistats.tsv").read_text()
+    page = tmp_path / "out" / "group.html"
+    assert "could not be drawn (cannot draw this)" in page.read_text()
+    for src in _parse(page).images:
+        assert (tmp_path / "out" / src).read_bytes()[:8] == PNG_MAGIC

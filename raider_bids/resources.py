@@ -1,0 +1,63 @@
+"""Memory: reading --mem, the working-memory budget that sizes voxel chunks, and the check that
+refuses a run whose whole-image arrays cannot fit, before anything is loaded."""
+
+from __future__ import annotations
+
+import os
+import re
+
+_UNITS = {"": None, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+DEFAULT_WORKING_BYTES = 256 * 2**20  # per chunked computation, when --mem is not given
+MIN_WORKING_BYTES = 16 * 2**20
+# Whole-image arrays per value of the (X, Y, Z, n_echoes) magnitudes, at the peak while loading
+# and masking: the float32 magnitudes, one echo being read (float64), and the foreground voxels
+# copied (float64 for the noise fit, float32 for the networks). Measured: benchmarks/memory.py.
+BYTES_PER_IMAGE_VALUE = 4 + 8 + 8 + 4
+
+
+def parse_memory(text: str) -> int:
+    """'8GB', '500M', '1.5 GiB' -> bytes. A unit is required: fMRIPrep reads a bare number as MB,
+    MRIQC as GB, so a bare number would mean different things to different users."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, flags=re.I)
+    if not match:
+        raise ValueError(f"{text!r} is not a memory size such as 8GB or 500MB")
+    value, unit = float(match.group(1)), match.group(2).lower()
+    if not unit:
+        raise ValueError(f"{text!r}: give a unit (e.g. {text}GB or {text}MB); fMRIPrep reads a bare number "
+                         "as MB, MRIQC as GB")
+    if value <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return int(value * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_bytes(n_values: int) -> int:
+    """Memory the whole-image arrays of a run with `n_values` = X*Y*Z*n_echoes need at their peak."""
+    return BYTES_PER_IMAGE_VALUE * n_values
+
+
+_working_bytes = DEFAULT_WORKING_BYTES
+
+
+def set_working_memory(nbytes: int) -> None:
+    """The memory one chunked computation may use (process-wide, like torch's thread count)."""
+    global _working_bytes
+    _working_bytes = max(MIN_WORKING_BYTES, int(nbytes))
+
+
+def chunk_voxels(bytes_per_voxel: int, largest: int) -> int:
+    """How many voxels a chunked computation takes at once: what fits the working memory, at most
+    `largest` (beyond which chunks no longer get faster), at least 256."""
+    return max(256, min(largest, _working_bytes // max(1, bytes_per_voxel)))

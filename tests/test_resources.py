@@ -1,0 +1,76 @@
+"""--mem and --nprocs: memory sizes read with units, runs that cannot fit refused cleanly, chunks
+sized to the working memory, threads capped."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_checks import assert_one_error
+from raider_bids import resources
+from raider_bids.cli import build_parser, main
+from raider_bids.demo import write_dataset
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8GB", 8 * 2**30), ("8G", 8 * 2**30), ("8 GiB", 8 * 2**30), ("500MB", 500 * 2**20), ("1.5g", int(1.5 * 2**30)),
+    ("2048k", 2 * 2**20), ("1TB", 2**40),
+])
+def test_memory_sizes_with_units(text, expected):
+    assert resources.parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text, fragment", [("8", "give a unit"), ("0GB", "positive"), ("lots", "memory size"),
+                                            ("1.5.2GB", "memory size")])
+def test_memory_sizes_refused(capsys, tmp_path, text, fragment):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([str(tmp_path), str(tmp_path / "out"), "participant", "--mem", text])
+    assert exc.value.code == 64
+    assert fragment in capsys.readouterr().err
+
+
+def test_chunks_follow_the_working_memory():
+    try:
+        resources.set_working_memory(64 * 2**20)
+        assert resources.chunk_voxels(1024, largest=10**6) == 64 * 2**10
+        assert resources.chunk_voxels(1024, largest=1000) == 1000
+        resources.set_working_memory(1)  # never below the floor
+        assert resources.chunk_voxels(10**9, largest=10**6) == 256
+    finally:
+        resources.set_working_memory(resources.DEFAULT_WORKING_BYTES)
+
+
+@pytest.fixture
+def bids(tmp_path_factory, tmp_path) -> Path:
+    template = tmp_path_factory.getbasetemp() / "resources-template"
+    if not template.exists():
+        write_dataset(template, shape=(16, 16, 2), subjects=("01", "02"))
+    return Path(shutil.copytree(template, tmp_path / "bids"))
+
+
+def test_run_that_cannot_fit_in_mem_fails_cleanly(capsys, bids, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--participant-label", "01", "--method", "fit",
+                 "--mem", "50MB"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert_one_error(err, "sub-01", "needs about", "more than --mem 50 MB")
+    assert not list(out.rglob("sub-01_*"))
+
+
+def test_generous_mem_and_nprocs(capsys, bids, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    threads = torch.get_num_threads()
+    try:
+        code = main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "01", "--method", "fit",
+                     "--mem", "64GB", "--nprocs", "1"])
+        assert code == 0, capsys.readouterr().err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+        resources.set_working_memory(resources.DEFAULT_WORKING_BYTES)
+    assert (tmp_path / "out" / "sub-01" / "anat" / "sub-01_PDFFmap.nii.gz").is_file()
