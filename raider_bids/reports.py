@@ -276,20 +276,28 @@ def _roi_figure(roi: str, rows: list[dict], participants: list[str]) -> Figure:
     fig = Figure(figsize=(max(7.0, 3 * 0.35 * len(participants) + 4), 3.2), layout="constrained")
     axes = fig.subplots(1, len(STATISTIC_MAPS), squeeze=False)[0]
     position = {p: i for i, p in enumerate(participants)}
+    palette = [("#89a", "#234"), ("#e9a", "#a13"), ("#9d9", "#272"), ("#db8", "#a60")]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     for ax, name in zip(axes, STATISTIC_MAPS):
+        labelled: set[str] = set()
         mine = [r for r in rows if r["map"] == name and r["median"] is not None]
-        # Runs of one participant side by side around its position.
+        # Runs (and methods) of one participant side by side around its position.
         per_participant: dict[str, int] = defaultdict(int)
         for r in mine:
             x = position[r["participant_id"]] + 0.12 * per_participant[r["participant_id"]]
             per_participant[r["participant_id"]] += 1
-            ax.plot([x, x], [r["p05"], r["p95"]], color="#89a", linewidth=2)
-            ax.plot(x, r["median"], "o", color="#234", markersize=4)
+            light, dark = colours[r["method"]]
+            ax.plot([x, x], [r["p05"], r["p95"]], color=light, linewidth=2)
+            ax.plot(x, r["median"], "o", color=dark, markersize=4,
+                    label=r["method"] if len(colours) > 1 and r["method"] not in labelled else None)
+            labelled.add(r["method"])
         if name == "PDFF":
             ax.axhline(PDFF_BOUNDARY, color="tab:red", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(len(participants)), participants, rotation=90, fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_ylabel(next((r["units"] for r in mine), ""), fontsize=8)
+        if len(colours) > 1 and name == next(iter(STATISTIC_MAPS)):
+            ax.legend(fontsize=7, title="method", title_fontsize=7)
     fig.suptitle(f"ROI {roi}: median (point) and 5th-95th percentile (bar) per run", fontsize=10)
     return fig
 
@@ -320,11 +328,14 @@ def group_report(output_dir: Path, rows: list[dict], runs: list[RunOutputs], pro
         image = _image(output_dir, figure_directory(output_dir, None) / f"group_roi-{_safe(roi)}.png", f"ROI {roi}",
                        lambda: _roi_figure(roi, mine, participants))
         summary = []
+        methods = list(dict.fromkeys(r["method"] for r in mine))
         for name in STATISTIC_MAPS:
-            medians = np.array([r["median"] for r in mine if r["map"] == name and r["median"] is not None])
-            summary.append((name, f"{medians.size} run(s); median of run medians "
-                                  f"{np.median(medians):.4g}, range {medians.min():.4g} to {medians.max():.4g}"
-                            if medians.size else "no voxels"))
+            for method in methods:
+                medians = np.array([r["median"] for r in mine if r["map"] == name and r["method"] == method
+                                    and r["median"] is not None])
+                summary.append((name if len(methods) == 1 else f"{name} ({html.escape(method)})",
+                                f"{medians.size} run(s); median of run medians {np.median(medians):.4g}, "
+                                f"range {medians.min():.4g} to {medians.max():.4g}" if medians.size else "no voxels"))
         body.append(f"<h2>ROI {html.escape(roi)}</h2>{image}" + _table(summary))
     target = output_dir / "group.html"
     write_text(target, _page("raider-bids group report", "\n".join(body)))

@@ -11,7 +11,7 @@ DEFAULT_WORKING_BYTES = 256 * 2**20  # per chunked computation, when --mem is no
 MIN_WORKING_BYTES = 16 * 2**20
 # Whole-image arrays per value of the (X, Y, Z, n_echoes) magnitudes, at the peak while loading
 # and masking: the float32 magnitudes, one echo being read (float64), and the foreground voxels
-# copied (float64 for the noise fit, float32 for the networks). Measured: benchmarks/memory.py.
+# copied (float64 for the estimators). Checked against peak RSS with benchmarks/clinical_subject.py.
 BYTES_PER_IMAGE_VALUE = 4 + 8 + 8 + 4
 
 

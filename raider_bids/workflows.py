@@ -324,6 +324,17 @@ def _load_output(path: Path) -> tuple[object, np.ndarray]:
     return read_volume(path, "a participant-level output", np.float64)
 
 
+def _method_files(run: RunOutputs) -> dict[str, dict[str, Path]]:
+    """Per method the run was processed with, its statistic maps (table name -> file): the plain
+    maps for one method, the desc-<method> variants for several."""
+    methods = list(run.provenance.get("Methods", {}))
+    if len(methods) < 2:
+        method = run.provenance.get("Estimation", {}).get("Method", "n/a")
+        return {method: {name: run.files[suffix] for name, suffix in STATISTIC_MAPS.items()}}
+    return {m: {name: output_path(run.output_dir or Path(), run, suffix, desc=m)
+                for name, suffix in STATISTIC_MAPS.items()} for m in methods}
+
+
 def group(config: Config) -> GroupResult:
     """ROI statistics of every finished run in the output dataset, a data dictionary and a report.
     Runs without (finished) outputs are listed, not fatal; an ROI on another grid is fatal."""
@@ -343,7 +354,8 @@ def group(config: Config) -> GroupResult:
     for run in (r for r in found if r.finished):
         try:
             reference, foreground = _load_output(run.files["mask"])
-            maps = {name: _load_output(run.files[suffix])[1] for name, suffix in STATISTIC_MAPS.items()}
+            method_maps = {method: {name: _load_output(path)[1] for name, path in files.items()}
+                           for method, files in _method_files(run).items()}
         except InputDataError as exc:
             problems[run.name] = f"failed: {exc}"
             continue
@@ -355,8 +367,8 @@ def group(config: Config) -> GroupResult:
                             ", ".join(str(d) for d in config.roi_datasets))
         else:
             rois = [Roi("foreground", f"bids::{run.files['mask'].relative_to(out).as_posix()}", foreground > 0)]
-        method = run.provenance.get("Estimation", {}).get("Method", "n/a")
-        rows += roi_rows(dict(run.entities), run.name, method, maps, foreground > 0, rois)
+        for method, maps in method_maps.items():
+            rows += roi_rows(dict(run.entities), run.name, method, maps, foreground > 0, rois)
         summarised.append(run)
     for name, why in sorted(problems.items()):
         log.warning("%s: not in the group statistics: %s", name, why)

@@ -130,3 +130,20 @@ def test_several_methods_validate(several):
     proc = subprocess.run([validator, str(several), "--json"], capture_output=True, text=True, timeout=300)
     issues = json.loads(proc.stdout)["issues"]["issues"]
     assert not [i for i in issues if i.get("severity") == "error"], issues
+
+
+def test_the_group_level_summarises_every_method(several, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(several, out)
+    assert main([str(several.parent / "bids"), str(out), "group"]) == 0
+    lines = (out / "group_roistats.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    assert {(r["method"], r["map"]) for r in rows} == {(m, k) for m in ("fit", "single") for k in ("PDFF", "R2star", "S0")}
+    anat = out / "sub-01" / "anat"
+    mask = _load(anat / "sub-01_desc-foreground_mask.nii.gz") > 0
+    for method in ("fit", "single"):
+        (row,) = [r for r in rows if r["method"] == method and r["map"] == "PDFF"]
+        expected = np.median(_load(anat / f"sub-01_desc-{method}_PDFFmap.nii.gz")[mask])
+        assert float(row["median"]) == pytest.approx(expected, rel=1e-6)
+    assert "PDFF (single)" in (out / "group.html").read_text()
