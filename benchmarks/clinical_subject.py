@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> None:
     fit_pdff = None
     for method in args.methods:
         out = root / f"out-{method}"
+        shutil.rmtree(out, ignore_errors=True)  # the app skips runs finished before
         wall, rss = run_app(root / "bids", out, method, args.nprocs, args.extra)
         pdff, rows = accuracy(out, truth)
         n = sum(r["voxels"] for r in rows.values())

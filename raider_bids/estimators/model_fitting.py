@@ -1,32 +1,41 @@
 """Voxel-wise fitting of the magnitude model, batched over voxels (no Python loop per voxel).
 
-A grid over (PDFF, R2*) with S0 profiled out in closed form gives each voxel a start inside a
+A grid over (PDFF, R2*) with S0 profiled out in closed form gives each voxel two starts inside a
 PDFF range; bounded Levenberg-Marquardt then minimises either the Gaussian residual sum of
 squares (where the noise level is not yet known) or the Rician negative log-likelihood.
 For the Rician loss the step solves (J'J + damping) d = J' (m r(z) - nu), r = I1/I0: the
 Gauss-Newton step of the likelihood, whose stationary point is the Rician ML estimate.
+
+Speed: a start's iterations depend on that start alone, so LM runs on a pool of starts that is
+topped up from the grid as starts finish: torch's calls stay large, and slow starts hold nothing up.
+Tensors are echo-major, (E, n), so sums over echoes add contiguous rows; the 3 x 3 systems are
+solved in closed form and the Bessel functions summed from their asymptotic series.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from ..batching import chunk_slices
-from ..likelihood import rician_nll_per_voxel
+from ..likelihood import _MIN_PREDICTED
 from ..signal_model import Acquisition, SignalModel
 from ..transforms import PDFF_BOUNDARY
 
 R2STAR_MAX_S = 2000.0  # 1/s; MAGORINO's bound (2 ms^-1)
 R2STAR_GRID_MAX_S = 1500.0
-_CHUNK = 16384
 GRID_PDFF_POINTS = 21  # per PDFF range
 GRID_R2STAR_POINTS = 31  # over 0..R2STAR_GRID_MAX_S
 LM_ITERATIONS = 60
 LM_TOLERANCE = 1e-10  # relative loss gain below which a voxel has converged
 RICIAN_RERANK = 8  # grid points re-scored with the Rician loss
+_GRID_CHUNK = 2048  # voxels scored on the grid at once
+_POOL = 32768  # starts iterated at once: large calls for torch's threads, small enough for the cache
+_ASYMPTOTIC_Z = 40.0  # Bessel arguments from which the asymptotic series is used
+_SERIES_TERMS = 12  # enough from _ASYMPTOTIC_Z on
 
 
 @dataclass
@@ -45,41 +54,105 @@ class _Model:
 
     def __init__(self, acquisition: Acquisition, device: torch.device):
         self.signal = SignalModel(acquisition, dtype=torch.float64).to(device)
-        self.cr, self.ci, self.t = self.signal.fat_real, self.signal.fat_imag, self.signal.echo_times_s
+        cr, ci = self.signal.fat_real[:, None], self.signal.fat_imag[:, None]
+        # |1 - p + p c|^2 = 1 + p (2a + p b) and d|.|/dp = (a + p b) / |.|, per echo.
+        self.a, self.b = cr - 1, (cr - 1) ** 2 + ci**2
+        self.minus_t = -self.signal.echo_times_s[:, None]
 
     def shape(self, pdff: torch.Tensor, r2star_s: torch.Tensor) -> torch.Tensor:
         """|S| / S0 for parameter vectors of shape (G,) -> (G, n_echoes)."""
         return self.signal(torch.ones_like(pdff), pdff, r2star_s)
 
+    def evaluate(self, theta: torch.Tensor, jacobian: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """theta (3, n) = (S0, PDFF, R2*) -> f (E, n) and, if asked, J (3, E, n): SignalModel's
+        magnitude with the amplitude written as a quadratic in PDFF, which the derivative reuses."""
+        s0, p, r = theta
+        slope = self.a + p * self.b
+        amp = (slope + self.a).mul_(p).add_(1).sqrt_().clamp_min_(1e-12)
+        decay = torch.exp(r * self.minus_t)
+        if not jacobian:
+            return amp.mul_(decay).mul_(s0), None
+        jac = torch.empty((3, *decay.shape), dtype=decay.dtype, device=decay.device)
+        torch.mul(amp, decay, out=jac[0])
+        f = jac[0] * s0
+        torch.mul(decay, s0, out=jac[1]).mul_(slope).div_(amp)
+        torch.mul(f, self.minus_t, out=jac[2])
+        return f, jac
+
     def value_and_jacobian(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """theta (N, 3) = (S0, PDFF, R2*) -> f (N, E), J (N, E, 3). The value repeats SignalModel's
-        arithmetic because the Jacobian needs its intermediate terms (tests check they agree)."""
-        s0, p, r = theta[:, :1], theta[:, 1:2], theta[:, 2:3]
-        re = 1 - p + p * self.cr
-        im = p * self.ci
-        amp = torch.sqrt(re * re + im * im).clamp_min(1e-12)
-        decay = torch.exp(-r * self.t)
-        f = s0 * amp * decay
-        d_amp_dp = (re * (self.cr - 1) + im * self.ci) / amp
-        return f, torch.stack([amp * decay, s0 * decay * d_amp_dp, -self.t * f], dim=-1)
+        """theta (N, 3) -> f (N, E), J (N, E, 3)."""
+        f, jac = self.evaluate(theta.T)
+        return f.T, jac.permute(2, 1, 0)
+
+
+def _hankel_series(order: int) -> list[float]:
+    """c_k of I_order(z) e^-z sqrt(2 pi z) ~ sum_k c_k (8z)^-k (Abramowitz & Stegun 9.7.1)."""
+    c = [1.0]
+    for k in range(1, _SERIES_TERMS + 2):  # one more than used, for the error estimate
+        c.append(c[-1] * ((2 * k - 1) ** 2 - 4 * order**2) / k)
+    return c
+
+
+_I0_SERIES, _I1_SERIES = _hankel_series(0), _hankel_series(1)
+# The error of k terms is about twice the first term left out: this coefficient times u^(k + 1).
+_NEXT_TERM = [max(abs(a), abs(b)) for a, b in zip(_I0_SERIES[1:], _I1_SERIES[1:])]
+
+
+def _horner(u: torch.Tensor, coefficients: list[float]) -> torch.Tensor:
+    p = torch.full_like(u, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        p.mul_(u).add_(c)
+    return p
+
+
+def _log_i0e_and_ratio(z: torch.Tensor, ratio: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log(i0e(z)) and, if `ratio`, I1(z) / I0(z), for z >= 0.
+
+    torch's i0e and i1e sum a Chebyshev series element by element (~50 ns each, one thread);
+    from z = 40 the asymptotic series is exact to 1e-16 in a few vectorised passes, with fewer
+    terms the larger the smallest argument, so only the few smaller arguments go through torch."""
+    z_min = float(z.min()) if z.numel() else _ASYMPTOTIC_Z
+    large = z.clamp_min(_ASYMPTOTIC_Z)
+    u = (8 * large).reciprocal_()
+    u_max = 1 / (8 * max(z_min, _ASYMPTOTIC_Z))
+    terms = next((k for k in range(1, _SERIES_TERMS) if _NEXT_TERM[k] * u_max ** (k + 1) < 5e-17), _SERIES_TERMS)
+    p0 = _horner(u, _I0_SERIES[:terms + 1])
+    log_i0e = (p0 * p0).div_(2 * math.pi * large).log_().mul_(0.5)
+    i1_over_i0 = _horner(u, _I1_SERIES[:terms + 1]).div_(p0) if ratio else None
+    if not z_min >= _ASYMPTOTIC_Z:  # (or NaN) redo the columns (all echoes of a start or candidate) needing it
+        z = z.reshape(z.shape[0], -1)
+        columns = (z.amin(dim=0) < _ASYMPTOTIC_Z).nonzero()[:, 0]
+        small = _take(z, columns)
+        i0e = torch.special.i0e(small)
+        log_i0e.view_as(z).index_copy_(1, columns, i0e.log())
+        if ratio:
+            i1_over_i0.view_as(z).index_copy_(1, columns, torch.special.i1e(small) / i0e)
+    return log_i0e, i1_over_i0
 
 
 class _Loss:
     """Loss per voxel and the 'residual' whose J' product is its descent direction."""
 
-    def __init__(self, sigma: torch.Tensor | None):
+    def __init__(self, sigma: float | None):
         self.sigma = sigma  # None: Gaussian least squares
+        self.gain_scale = 1.0 if sigma is None else 1 / (2 * sigma**2)  # near the estimate, loss ~ this x RSS
 
     def value(self, m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        if self.sigma is None:
-            return ((m - f) ** 2).sum(dim=-1)
-        return rician_nll_per_voxel(m, f, self.sigma)
+        """(E, ...) magnitudes and predictions -> (...): the residual sum of squares, or
+        likelihood.rician_nll_per_voxel."""
+        return self(m, f, residual=False)[0]
 
-    def residual(self, m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    def __call__(self, m: torch.Tensor, f: torch.Tensor,
+                 residual: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss (...) and the residual (E, ...), from one evaluation of the Bessel functions."""
         if self.sigma is None:
-            return m - f
-        z = m * f / self.sigma**2
-        return m * torch.special.i1e(z) / torch.special.i0e(z) - f
+            difference = m - f
+            return (difference * difference).sum(dim=0), difference
+        var = self.sigma**2
+        nu = f.clamp_min(_MIN_PREDICTED * self.sigma)  # as likelihood.rician_log_likelihood
+        log_i0e, ratio = _log_i0e_and_ratio(m * nu / var, ratio=residual)
+        value = (m - nu).square_().div_(2 * var).sub_(log_i0e).sum(dim=0)
+        return value, ratio.mul_(m).sub_(f) if residual else None
 
 
 def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float] = (0.0, 1.0),
@@ -91,102 +164,184 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     sigma None: least squares; else the Rician likelihood with that noise level.
     """
     model = _Model(acquisition, device)
-    lo, hi = pdff_range
-    pdff_values = torch.linspace(lo, hi, n_pdff, dtype=torch.float64, device=device)
-    pdff_grid, r2_grid = (g.ravel() for g in torch.meshgrid(
-        pdff_values,
-        torch.linspace(0, R2STAR_GRID_MAX_S, n_r2star, dtype=torch.float64, device=device), indexing="ij"))
-    basis = model.shape(pdff_grid, r2_grid)  # (G, E)
-    basis_norm2 = (basis * basis).sum(dim=1)
-    lower = torch.tensor([0.0, lo, 0.0], dtype=torch.float64, device=device)
-    upper = torch.tensor([float("inf"), hi, R2STAR_MAX_S], dtype=torch.float64, device=device)
+    grid = _Grid(model, pdff_range, n_pdff, n_r2star)
+    lower, upper = torch.tensor([[0.0, pdff_range[0], 0.0], [float("inf"), pdff_range[1], R2STAR_MAX_S]],
+                                dtype=torch.float64, device=device)[..., None]
+    problem = _Problem(model, _Loss(None if sigma is None else float(sigma)), lower, upper, iterations)
     data = torch.as_tensor(np.asarray(signals, dtype=np.float64), device=device)
-    loss = _Loss(None if sigma is None else torch.tensor(float(sigma), dtype=torch.float64, device=device))
-    results = []
-    for sl in chunk_slices(data.shape[0], _CHUNK):
-        m = data[sl]
-        # Two starts: a half-range can hold two basins near its edge.
-        fits = []
-        for best in _grid_starts(m, basis, basis_norm2, loss, pdff_values):
-            s0 = ((m * basis[best]).sum(1) / basis_norm2[best]).clamp_min(0)
-            theta = torch.stack([s0, pdff_grid[best], r2_grid[best]], dim=1)
-            theta = _levenberg_marquardt(model, loss, m, theta, lower, upper, iterations)
-            f, _ = model.value_and_jacobian(theta)
-            fits.append((theta, loss.value(m, f), f))
-        (theta_a, value_a, f_a), (theta_b, value_b, f_b) = fits
-        keep_a = value_a <= value_b
-        results.append((torch.where(keep_a[:, None], theta_a, theta_b), torch.minimum(value_a, value_b),
-                        torch.where(keep_a[:, None], f_a, f_b)))
-    if not results:
-        empty = np.zeros(0)
-        return FitResult(empty, empty, empty, empty, np.zeros((0, acquisition.n_echoes)))
-    theta, value, fitted = (torch.cat(parts).cpu().numpy() for parts in zip(*results))
-    return FitResult(theta[:, 0], theta[:, 1], theta[:, 2], value, fitted)
-
-
-def _grid_starts(m: torch.Tensor, basis: torch.Tensor, basis_norm2: torch.Tensor, loss: _Loss,
-                 pdff_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per voxel, grid indices of two starts: the best grid point, and the best one on the PDFF
-    row nearest the water/fat boundary (where a half-range's second basin sits when the truth
-    is near 0.58: a coarse grid merges it with the first).
-
-    S0 is profiled by least squares and every grid point scored by the residual sum of squares
-    (one matrix product); for the Rician loss the RICIAN_RERANK best points of the grid and of the
-    boundary row are scored again with it, since near the noise floor the two basins differ."""
-    # Magnitudes and the basis are >= 0, so the profiled S0 = proj / |b|^2 is too, and the residual
-    # sum of squares is |m|^2 - proj^2 / |b|^2: ranking needs only the second term (float32 will do).
-    proj = m.float() @ basis.float().T  # (n, G), G = n_pdff * n_r2star, PDFF-major
-    rss = -(proj * proj) / basis_norm2.float()
-    n_r2star = rss.shape[1] // pdff_values.numel()
-    boundary_row = int((pdff_values - PDFF_BOUNDARY).abs().argmin())
-    row = slice(boundary_row * n_r2star, (boundary_row + 1) * n_r2star)
-    if loss.sigma is None:
-        return rss.argmin(dim=1), row.start + rss[:, row].argmin(dim=1)
-    picks = []
-    for candidates in (rss.topk(min(RICIAN_RERANK, rss.shape[1]), dim=1, largest=False).indices,
-                       row.start + rss[:, row].topk(min(RICIAN_RERANK, n_r2star), dim=1, largest=False).indices):
-        s0 = proj.gather(1, candidates).double() / basis_norm2[candidates]
-        nu = s0[..., None] * basis[candidates]  # (n, K, E)
-        score = loss.value(m[:, None, :], nu)
-        picks.append(candidates.gather(1, score.argmin(dim=1, keepdim=True))[:, 0])
-    return picks[0], picks[1]
-
-
-def _levenberg_marquardt(model: _Model, loss: _Loss, m: torch.Tensor, theta: torch.Tensor,
-                         lower: torch.Tensor, upper: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Projected LM steps, each accepted per voxel only if it lowers the loss. A voxel leaves the
-    iteration once a step gains less than LM_TOLERANCE (relative) or its damping saturates."""
-    theta = theta.clone()
-    damping = torch.full((m.shape[0],), 1e-3, dtype=m.dtype, device=m.device)
-    f, jac = model.value_and_jacobian(theta)
-    current = loss.value(m, f)
-    eye = torch.eye(3, dtype=m.dtype, device=m.device)
-    active = torch.arange(m.shape[0], device=m.device)
-    for _ in range(iterations):
-        if active.numel() == 0:
+    n = data.shape[0]
+    # Starts i and n + i are voxel i's two; a second start equal to the first is not run (loss inf).
+    theta = torch.zeros((3, 2 * n), dtype=torch.float64, device=device)
+    value = torch.full((2 * n,), float("inf"), dtype=torch.float64, device=device)
+    chunks = chunk_slices(n, _GRID_CHUNK)
+    pool = []  # batches of starts, concatenated before each step
+    while True:
+        while sum(b.index.numel() for b in pool) < _POOL and (sl := next(chunks, None)) is not None:
+            pool.append(grid.starts(data[sl], sl.start, n, problem))
+        starts = _Starts.cat(pool) if pool else None
+        if starts is None or starts.index.numel() == 0:
             break
-        ma, th, fa, ja, cur, dmp = m[active], theta[active], f[active], jac[active], current[active], damping[active]
-        jt = ja.transpose(1, 2)
-        jtj = jt @ ja
-        grad = (jt @ loss.residual(ma, fa)[..., None])[..., 0]
-        # Parameters on a bound that the descent direction pushes outward are held fixed, so the
-        # others still move (a projected full step would stall voxels whose optimum is PDFF = 0).
-        held = ((th <= lower) & (grad < 0)) | ((th >= upper) & (grad > 0))
-        free = (~held).to(m.dtype)
-        diag = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(1e-12)
-        lhs = (jtj + dmp[:, None, None] * eye * diag[:, None, :]) * free[:, :, None] * free[:, None, :]
-        lhs = lhs + eye * (1 - free)[:, None, :]
-        step = torch.linalg.solve(lhs, (grad * free)[..., None])[..., 0]
-        candidate = torch.maximum(torch.minimum(th + step, upper), lower)
-        f_new, jac_new = model.value_and_jacobian(candidate)
-        new = loss.value(ma, f_new)
-        better = new < cur
-        theta[active] = torch.where(better[:, None], candidate, th)
-        f[active] = torch.where(better[:, None], f_new, fa)
-        jac[active] = torch.where(better[:, None, None], jac_new, ja)
-        current[active] = torch.where(better, new, cur)
-        dmp = torch.where(better, dmp / 3, dmp * 3).clamp(1e-9, 1e9)
-        damping[active] = dmp
-        converged = (better & (cur - new <= LM_TOLERANCE * cur.abs().clamp_min(1.0))) | (dmp >= 1e9)
-        active = active[~converged]
-    return theta
+        done = starts.step(problem)
+        finished = starts.select(done)
+        theta.index_copy_(1, finished.index, finished.theta)
+        value.index_copy_(0, finished.index, finished.value)
+        pool = [starts.select(~done)]
+    keep_first = value[:n] <= value[n:]
+    theta = torch.where(keep_first, theta[:, :n], theta[:, n:])
+    value = torch.minimum(value[:n], value[n:])
+    fitted = model.evaluate(theta, jacobian=False)[0].T.contiguous()
+    theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
+    return FitResult(theta[0], theta[1], theta[2], value, fitted)
+
+
+@dataclass
+class _Problem:
+    """What the starts of one fit share."""
+
+    model: _Model
+    loss: _Loss
+    lower: torch.Tensor  # (3, 1)
+    upper: torch.Tensor
+    iterations: int
+
+
+def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[..., index] for a 1-D index, by the fastest of torch's kernels for it (indexing is slow)."""
+    if table.dim() == 1:
+        return table.index_select(0, index)
+    return table.gather(-1, index.expand(*table.shape[:-1], -1))
+
+
+class _Grid:
+    """(PDFF, R2*) grid over one PDFF range, PDFF-major, and the starts it gives."""
+
+    def __init__(self, model: _Model, pdff_range: tuple[float, float], n_pdff: int, n_r2star: int):
+        device = model.a.device
+        pdff_values = torch.linspace(*pdff_range, n_pdff, dtype=torch.float64, device=device)
+        self.pdff, self.r2star = (g.ravel() for g in torch.meshgrid(
+            pdff_values, torch.linspace(0, R2STAR_GRID_MAX_S, n_r2star, dtype=torch.float64, device=device),
+            indexing="ij"))
+        basis = model.shape(self.pdff, self.r2star)  # (G, E)
+        self.norm = basis.norm(dim=1)
+        self.unit = (basis / self.norm[:, None]).float().T  # float32 will do for ranking
+        self.basis = basis.T.contiguous()  # (E, G)
+        boundary_row = int((pdff_values - PDFF_BOUNDARY).abs().argmin())
+        self.row = slice(boundary_row * n_r2star, (boundary_row + 1) * n_r2star)
+
+    def starts(self, m: torch.Tensor, first: int, n: int, problem: _Problem) -> _Starts:
+        """Starts for voxels first.. with magnitudes m (n_chunk, E): each voxel's best grid point
+        (index first + i) and its best one on the boundary row (index n + first + i) if different,
+        S0 fitted by least squares."""
+        m = m.T.contiguous()
+        a, b = self._best(m, problem.loss)
+        second = (b != a).nonzero()[:, 0]
+        index = torch.arange(first, first + m.shape[1], device=m.device)
+        m, point = torch.cat([m, _take(m, second)], dim=1), torch.cat([a, _take(b, second)])
+        basis = _take(self.basis, point)
+        s0 = ((m * basis).sum(dim=0) / _take(self.norm, point) ** 2).clamp_min(0)
+        theta = torch.stack([s0, _take(self.pdff, point), _take(self.r2star, point)])
+        return _Starts.new(torch.cat([index, n + _take(index, second)]), m, theta, problem)
+
+    def _best(self, m: torch.Tensor, loss: _Loss) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per voxel of m (E, n), grid indices of the best grid point, and the best one on the PDFF row nearest
+        the water/fat boundary (where a half-range's second basin sits when the truth is near 0.58:
+        a coarse grid merges it with the first).
+
+        S0 is profiled by least squares and every grid point scored by the residual sum of squares;
+        for the Rician loss the RICIAN_RERANK best points of the grid and of the boundary row are
+        scored again with it, since near the noise floor the two basins differ."""
+        # Magnitudes and the basis are >= 0, so the profiled S0 is the projection on the unit basis
+        # over |b|, and the residual sum of squares |m|^2 - projection^2 falls as the projection rises.
+        proj = m.T.float() @ self.unit  # (n, G)
+        row = proj[:, self.row]
+        if loss.sigma is None:
+            return proj.argmax(dim=1), self.row.start + row.argmax(dim=1)
+        k = min(RICIAN_RERANK, row.shape[1])
+        candidates = torch.cat([proj.topk(k, dim=1).indices, self.row.start + row.topk(k, dim=1).indices], dim=1)
+        s0 = proj.gather(1, candidates).double() / _take(self.norm, candidates.flatten()).view_as(candidates)
+        nu = s0 * _take(self.basis, candidates.flatten()).view(-1, *candidates.shape)
+        score = loss.value(m[..., None], nu)  # (n, 2k)
+        best = torch.stack([score[:, :k].argmin(dim=1), k + score[:, k:].argmin(dim=1)], dim=1)
+        a, b = candidates.gather(1, best).unbind(dim=1)
+        return a, b
+
+
+@dataclass
+class _Starts:
+    """Levenberg-Marquardt state of a batch of starts, which run along every tensor's last dimension."""
+
+    index: torch.Tensor  # where each start's answer goes
+    m: torch.Tensor  # (E, n)
+    theta: torch.Tensor  # (3, n)
+    residual: torch.Tensor  # (E, n)
+    value: torch.Tensor  # the loss at theta
+    damping: torch.Tensor
+    steps: torch.Tensor
+    increment: torch.Tensor  # (3, n): the next step to try
+
+    @classmethod
+    def new(cls, index: torch.Tensor, m: torch.Tensor, theta: torch.Tensor, problem: _Problem) -> _Starts:
+        value, residual = problem.loss(m, problem.model.evaluate(theta, jacobian=False)[0])
+        starts = cls(index, m, theta, residual, value, torch.full_like(value, 1e-3), torch.zeros_like(index),
+                     torch.empty_like(theta))
+        starts.plan(problem)
+        return starts
+
+    @staticmethod
+    def cat(batches: list[_Starts]) -> _Starts:
+        if len(batches) == 1:
+            return batches[0]
+        return _Starts(*(torch.cat([getattr(b, k.name) for b in batches], dim=-1) for k in fields(_Starts)))
+
+    def select(self, keep: torch.Tensor) -> _Starts:
+        index = keep.nonzero()[:, 0]
+        return _Starts(*(_take(getattr(self, k.name), index) for k in fields(self)))
+
+    def step(self, problem: _Problem) -> torch.Tensor:
+        """Try the planned step, accepted per start only if it lowers the loss, and plan the next.
+        Returns which starts are done: the step gained, or the next would gain by the Gauss-Newton
+        model, less than LM_TOLERANCE (relative); the damping saturated; or all iterations are used."""
+        candidate = (self.theta + self.increment).clamp_(problem.lower, problem.upper)
+        value, residual = problem.loss(self.m, problem.model.evaluate(candidate, jacobian=False)[0])
+        better = value < self.value
+        tolerance = LM_TOLERANCE * self.value.abs().clamp_min(1.0)
+        converged = better & (self.value - value <= tolerance)
+        self.theta = torch.where(better, candidate, self.theta)
+        self.residual = torch.where(better, residual, self.residual)
+        self.value = torch.minimum(value, self.value)
+        self.damping = torch.where(better, self.damping / 3, self.damping * 3).clamp_(1e-9, 1e9)
+        self.steps += 1
+        predicted = self.plan(problem)
+        return converged | (predicted <= tolerance) | (self.damping >= 1e9) | (self.steps >= problem.iterations)
+
+    def plan(self, problem: _Problem) -> torch.Tensor:
+        """Set the increment solving (J'J + damping diag(J'J)) d = J' residual over the free parameters
+        (in closed form) and return the loss gain the Gauss-Newton model predicts for it.
+
+        Parameters on a bound that the descent direction pushes outward are held fixed, so the others
+        still move (a projected full step would stall voxels whose optimum is PDFF = 0). Scaling the
+        free columns of J to unit norm (held ones to zero) makes the system's diagonal 1 + damping."""
+        j0, j1, j2 = problem.model.evaluate(self.theta)[1]  # recomputed: cheaper than carrying it along
+        norm2 = torch.stack([_dot(j0, j0), _dot(j1, j1), _dot(j2, j2)])  # diag(J'J)
+        grad = torch.stack([_dot(j0, self.residual), _dot(j1, self.residual), _dot(j2, self.residual)])
+        held = ((self.theta <= problem.lower) & (grad < 0)) | ((self.theta >= problem.upper) & (grad > 0))
+        scale = torch.where(held, 0.0, norm2.clamp_min(1e-12).rsqrt())
+        x, y, w = (_dot(j0, j1) * scale[0] * scale[1], _dot(j0, j2) * scale[0] * scale[2],
+                   _dot(j1, j2) * scale[1] * scale[2])
+        q = 1 + self.damping
+        b = grad * scale
+        b0, b1, b2 = b
+        # Cramer's rule for the symmetric [[q, x, y], [x, q, w], [y, w, q]].
+        c00, c01, c02 = q * q - w * w, y * w - x * q, x * w - y * q
+        c11, c12, c22 = q * q - y * y, x * y - q * w, q * q - x * x
+        det = q * c00 + x * c01 + y * c02
+        solution = torch.stack([c00 * b0 + c01 * b1 + c02 * b2, c01 * b0 + c11 * b1 + c12 * b2,
+                                c02 * b0 + c12 * b1 + c22 * b2]).div_(det)
+        self.increment = solution * scale
+        # The model's gain: (d'J'r + damping d'diag(J'J) d) times the loss's scale of |residual|^2.
+        return (_dot(solution, b) + self.damping * _dot(solution, solution)) * problem.loss.gain_scale
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sums over the first dimension (echoes, or parameters) of a * b."""
+    return (a * b).sum(dim=0)
