@@ -8,11 +8,13 @@ import re
 
 _UNITS = {"": None, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 DEFAULT_WORKING_BYTES = 256 * 2**20  # per chunked computation, when --mem is not given
-MIN_WORKING_BYTES = 16 * 2**20
-# Whole-image arrays per value of the (X, Y, Z, n_echoes) magnitudes, at the peak while loading
-# and masking: the float32 magnitudes, one echo being read (float64), and the foreground voxels
-# copied (float64 for the estimators). Checked against peak RSS with benchmarks/clinical_subject.py.
-BYTES_PER_IMAGE_VALUE = 4 + 8 + 8 + 4
+MIN_WORKING_BYTES = 4 * 2**20
+# Peak memory per value of a run's (X, Y, Z, n_echoes) magnitudes beyond the program itself: the
+# float32 magnitudes, the foreground voxels in float64 for the estimators and their copies there
+# (the fit holds them once more, with its fitted signals and both starts' parameters). Measured
+# with benchmarks/clinical_subject.py (240 x 240 x 50 x 6, 52 % foreground, program 0.33 GB):
+# peak RSS 0.82 GB for ssl (28 bytes per value), 0.98 GB for fit (38); rounded up.
+BYTES_PER_IMAGE_VALUE = 40
 
 
 def parse_memory(text: str) -> int:

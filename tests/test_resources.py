@@ -6,13 +6,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-
 from cli_checks import assert_one_error
+
 from raider_bids import resources
 from raider_bids.cli import build_parser, main
-from raider_bids.demo import write_dataset
+from raider_bids.demo import ECHO_TIMES_S, FIELD_STRENGTH_T, write_dataset
+from raider_bids.estimators.model_fitting import fit_voxels
+from raider_bids.fat_spectrum import PRESETS
+from raider_bids.signal_model import Acquisition, simulate_magnitude
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -39,6 +43,7 @@ def test_chunks_follow_the_working_memory():
         assert resources.chunk_voxels(1024, largest=1000) == 1000
         resources.set_working_memory(1)  # never below the floor
         assert resources.chunk_voxels(10**9, largest=10**6) == 256
+        assert resources.chunk_voxels(1024, largest=10**6) == resources.MIN_WORKING_BYTES // 1024
     finally:
         resources.set_working_memory(resources.DEFAULT_WORKING_BYTES)
 
@@ -74,3 +79,21 @@ def test_generous_mem_and_nprocs(capsys, bids, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
         resources.set_working_memory(resources.DEFAULT_WORKING_BYTES)
     assert (tmp_path / "out" / "sub-01" / "anat" / "sub-01_PDFFmap.nii.gz").is_file()
+
+
+def test_small_working_memory_gives_the_same_fit():
+    """Chunks and the pool of starts shrink with the working memory; the answers do not change."""
+    acquisition = Acquisition(ECHO_TIMES_S, FIELD_STRENGTH_T, PRESETS["hernando"])
+    rng = np.random.default_rng(0)
+    n = 6000
+    signals = simulate_magnitude(acquisition, np.full(n, 100.0), rng.uniform(0, 1, n), rng.uniform(0, 300, n),
+                                 1.0, rng)
+    reference = fit_voxels(signals, acquisition, (0.0, 0.58), sigma=1.0)
+    try:
+        resources.set_working_memory(1)
+        assert resources.chunk_voxels(8 * (16 * 6 + 32), 32768) == 4 * 2**20 // (8 * 128)
+        small = fit_voxels(signals, acquisition, (0.0, 0.58), sigma=1.0)
+    finally:
+        resources.set_working_memory(resources.DEFAULT_WORKING_BYTES)
+    np.testing.assert_allclose(small.loss, reference.loss, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(small.pdff, reference.pdff, atol=1e-6)

@@ -13,9 +13,8 @@ from ..likelihood import rician_nll_per_voxel
 from ..signal_model import Acquisition
 from ..transforms import PDFF_BOUNDARY
 from .base import Estimates, ProgressCallback, TrainingSettings, choose_by_likelihood
-from .networks import PhysicsAutoencoder, TrainingHistory, normalise, split_indices, train
+from .networks import PhysicsAutoencoder, TrainingHistory, inference_chunk, normalise, split_indices, train
 
-_PREDICT_CHUNK = 32768
 
 
 class SelfSupervisedDual:
@@ -90,7 +89,7 @@ def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor,
     parts: list[list[torch.Tensor]] = [[], [], [], []]
     model.eval()
     with torch.no_grad():
-        for sl in chunk_slices(x.shape[0], _PREDICT_CHUNK):
+        for sl in chunk_slices(x.shape[0], inference_chunk(model)):
             s0, pdff, r2 = model.parameters_of(x[sl])
             k, n = s0.shape
             predicted = model.decoder(s0.reshape(-1), pdff.reshape(-1), r2.reshape(-1)).reshape(k, n, -1)

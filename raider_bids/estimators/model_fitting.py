@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..batching import chunk_slices
+from ..resources import chunk_voxels
 from ..likelihood import _MIN_PREDICTED
 from ..signal_model import Acquisition, SignalModel
 from ..transforms import PDFF_BOUNDARY
@@ -32,8 +33,8 @@ GRID_R2STAR_POINTS = 31  # over 0..R2STAR_GRID_MAX_S
 LM_ITERATIONS = 60
 LM_TOLERANCE = 1e-10  # relative loss gain below which a voxel has converged
 RICIAN_RERANK = 8  # grid points re-scored with the Rician loss
-_GRID_CHUNK = 2048  # voxels scored on the grid at once
-_POOL = 32768  # starts iterated at once: large calls for torch's threads, small enough for the cache
+_GRID_CHUNK = 2048  # at most, voxels scored on the grid at once
+_POOL = 32768  # at most, starts iterated at once: large calls for torch's threads, small enough for the cache
 _ASYMPTOTIC_Z = 40.0  # Bessel arguments from which the asymptotic series is used
 _SERIES_TERMS = 12  # enough from _ASYMPTOTIC_Z on
 
@@ -173,10 +174,13 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     # Starts i and n + i are voxel i's two; a second start equal to the first is not run (loss inf).
     theta = torch.zeros((3, 2 * n), dtype=torch.float64, device=device)
     value = torch.full((2 * n,), float("inf"), dtype=torch.float64, device=device)
-    chunks = chunk_slices(n, _GRID_CHUNK)
+    # Working memory: a grid chunk holds a few (voxels, grid points) float32 scores, a start a few
+    # dozen float64 (echoes,) columns.
+    chunks = chunk_slices(n, chunk_voxels(12 * grid.pdff.numel(), _GRID_CHUNK))
+    pool_size = chunk_voxels(8 * (16 * data.shape[1] + 32), _POOL)
     pool = []  # batches of starts, concatenated before each step
     while True:
-        while sum(b.index.numel() for b in pool) < _POOL and (sl := next(chunks, None)) is not None:
+        while sum(b.index.numel() for b in pool) < pool_size and (sl := next(chunks, None)) is not None:
             pool.append(grid.starts(data[sl], sl.start, n, problem))
         starts = _Starts.cat(pool) if pool else None
         if starts is None or starts.index.numel() == 0:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..batching import chunk_slices
+from ..resources import chunk_voxels
 from ..likelihood import rician_nll_per_voxel
 from ..signal_model import Acquisition, SignalModel
 from ..transforms import nonnegative, pdff_transform
@@ -28,7 +29,13 @@ N_HIDDEN_LAYERS = 4
 _R2STAR_OUTPUT_SCALE_S = 1000.0
 # Output-layer biases at start: S0 of the max-normalised signal ~ 1, R2* ~ 50 1/s.
 _INITIAL_BIAS = (1.0, 0.0, math.sqrt(50.0 / _R2STAR_OUTPUT_SCALE_S))
-_EVAL_CHUNK = 32768
+_EVAL_CHUNK = 32768  # at most, voxels evaluated at once
+
+
+def inference_chunk(model: "PhysicsAutoencoder") -> int:
+    """Voxels evaluated at once without gradients: each holds a few dozen float32 activations per
+    network and echo."""
+    return chunk_voxels(64 * len(model.kinds) * model.weights[0].shape[1], _EVAL_CHUNK)
 
 
 class PhysicsAutoencoder(torch.nn.Module):
@@ -115,7 +122,7 @@ def per_network_nll(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Ten
     """Per-voxel Rician NLL of every network, (K, N), evaluated in chunks without gradients."""
     out = []
     with torch.no_grad():
-        for sl in chunk_slices(x.shape[0], _EVAL_CHUNK):
+        for sl in chunk_slices(x.shape[0], inference_chunk(model)):
             out.append(rician_nll_per_voxel(x[sl], model(x[sl]), sigma[sl]))
     return torch.cat(out, dim=1)
 

@@ -29,7 +29,7 @@ from ..signal_model import Acquisition, magnitude_signal
 from ..transforms import PDFF_BOUNDARY, PDFF_RANGES
 from .base import Estimates, ProgressCallback, TrainingSettings, choose_by_likelihood
 from .dual_network import network_file
-from .networks import PhysicsAutoencoder, TrainingHistory, early_stopping, normalise
+from .networks import PhysicsAutoencoder, TrainingHistory, early_stopping, inference_chunk, normalise
 
 KINDS = ("water", "fat")
 R2STAR_RANGE_S = (0.0, 500.0)
@@ -40,7 +40,6 @@ SIMULATED_SAMPLES = 100_000
 # The loss is MSE(PDFF) + MSE(R2* / 500 1/s): both targets lie in [0, 1], so both terms are O(0.01-0.1).
 R2STAR_LOSS_SCALE_S = 500.0
 LOSS = f"MSE(PDFF) + MSE(R2* / {R2STAR_LOSS_SCALE_S:g} 1/s)"
-_CHUNK = 32768
 
 
 class SupervisedDual:
@@ -131,7 +130,7 @@ def _losses(model: PhysicsAutoencoder, x: torch.Tensor, y: torch.Tensor) -> torc
 def _validation_losses(model: PhysicsAutoencoder, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     with torch.no_grad():
-        for sl in chunk_slices(x.shape[1], _CHUNK):
+        for sl in chunk_slices(x.shape[1], inference_chunk(model)):
             total += _losses(model, x[:, sl], y[:, sl]).double().cpu() * (sl.stop - sl.start)
     return (total / x.shape[1]).tolist()
 
@@ -152,7 +151,7 @@ def predict_parameters(model: PhysicsAutoencoder, signals: np.ndarray, device: t
     pdff, r2 = [], []
     model.eval()
     with torch.no_grad():
-        for sl in chunk_slices(x.shape[0], _CHUNK):
+        for sl in chunk_slices(x.shape[0], inference_chunk(model)):
             _, p, r = model.parameters_of(x[sl])
             pdff.append(p.double().cpu())
             r2.append(r.double().cpu())
@@ -173,7 +172,7 @@ def predict_candidates(model: PhysicsAutoencoder, signals: np.ndarray, acquisiti
     candidates = []
     for k in range(len(model.kinds)):
         s0, nll = np.empty(len(signals)), np.empty(len(signals))
-        for sl in chunk_slices(len(signals), _CHUNK):
+        for sl in chunk_slices(len(signals), inference_chunk(model)):
             m = np.asarray(signals[sl], dtype=np.float64)
             shapes = magnitude_signal(acquisition, np.ones(m.shape[0]), pdff[k, sl], r2[k, sl])
             s0[sl] = least_squares_s0(m, shapes)
