@@ -101,6 +101,8 @@ codes=$(tail -n +2 "$RAIDER_BIDS_WORK/exit_codes.tsv" | cut -f4,5 | sort | tr '\
 [ "$codes" = "$(printf '01\t0 02\t0 03\t0 group\t0 ')" ] || fail "exit codes: $codes"
 for label in 01 02 03; do
     [ -f "$RAIDER_BIDS_WORK/sub-$label/raider-bids.log" ] || fail "no work dir log for sub-$label"
+    # The job's --mem=4G reaches the app as its memory limit.
+    grep -q '"4096MB"' "$OUT/sub-$label/anat/sub-${label}_provenance.json" || fail "sub-$label: no --mem 4096MB"
 done
 [ "$(input_hashes)" == "$before" ] || fail "the input changed"
 "$PYTHON" scripts/check_demo_outputs.py "$OUT" - 01 02 03
