@@ -275,8 +275,7 @@ def read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.N
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=dtype)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        why = " ".join(str(exc).split())  # one line, whatever the library's message
-        raise InputDataError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {why})") from None
+        raise _unreadable(path, what, exc) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -341,5 +340,10 @@ def run_size(run: MegreRun) -> int:
         try:
             size += int(np.prod(nib.load(path).shape))
         except Exception as exc:  # nibabel raises many types for corrupt files
-            raise InputDataError(f"{path}: cannot read the NIfTI header ({exc.__class__.__name__}: {exc})") from None
+            raise _unreadable(path, "the NIfTI header", exc) from None
     return size
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> InputDataError:
+    why = " ".join(str(exc).split())  # one line, whatever the library's message
+    return InputDataError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {why})")

@@ -228,19 +228,22 @@ class RunOutputs(RunEntities):
     entities: tuple[tuple[str, str], ...]
     files: dict[str, Path]  # suffix (PDFFmap, ..., mask, provenance) -> existing file
     provenance: dict = field(default_factory=dict)
-    output_dir: Path | None = None
+
+    @property
+    def listed(self) -> dict[str, Path]:
+        """Every output the provenance lists (key such as PDFFmap-fit or weights-water -> path
+        beside the provenance), whether or not it exists."""
+        outputs = self.provenance.get("Outputs") if isinstance(self.provenance, dict) else None
+        if "provenance" not in self.files or not isinstance(outputs, dict):
+            return {}
+        return {k: self.files["provenance"].parent / str(name) for k, name in outputs.items()}
 
     @property
     def missing(self) -> list[str]:
         """Outputs a finished run has that this one lacks: the basic ones, and every file its
         provenance lists (an interrupted rewrite can leave a provenance without its maps)."""
-        listed = self.provenance.get("Outputs", {}) if isinstance(self.provenance, dict) else {}
-        absent = [s for s in RUN_OUTPUTS if s not in self.files]
-        directory = run_directory(self.output_dir, self) if self.output_dir else None
-        if directory is not None and isinstance(listed, dict):
-            absent += [k for k, name in listed.items()
-                       if k not in RUN_OUTPUTS and not (directory / str(name)).is_file()]
-        return absent
+        return [s for s in RUN_OUTPUTS if s not in self.files] + [
+            k for k, path in self.listed.items() if k not in RUN_OUTPUTS and not path.is_file()]
 
     @property
     def finished(self) -> bool:
@@ -263,7 +266,7 @@ def run_outputs(output_dir: Path, run: RunEntities) -> RunOutputs:
             provenance = json.loads(files["provenance"].read_text())
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable provenance (%s)", files.pop("provenance"), exc)
-    return RunOutputs(run.entities, files, provenance, output_dir)
+    return RunOutputs(run.entities, files, provenance)
 
 
 def find_run_outputs(output_dir: Path) -> list[RunOutputs]:

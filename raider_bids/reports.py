@@ -18,8 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import __version__
-from .derivatives import (MAPS, RunOutputs, figure_directory, report_path, write_figure, write_text)
 from .comparison import AGREEMENT
+from .derivatives import (MAPS, RunOutputs, figure_directory, report_path, write_figure, write_text)
 from .roistats import STATISTIC_MAPS
 from .transforms import PDFF_BOUNDARY
 
@@ -235,17 +235,16 @@ def _comparison_section(output_dir: Path, run: RunOutputs, maps: dict[str, np.nd
     comparison = run.provenance.get("Comparison")
     if not comparison:
         return []
-    reference, outputs = comparison.get("Reference", "?"), run.provenance.get("Outputs", {})
-    anat, figures = run.files["PDFFmap"].parent, figure_directory(output_dir, run.subject)
+    reference, figures = comparison.get("Reference", "?"), figure_directory(output_dir, run.subject)
     parts = [f"<h3>Methods compared with {html.escape(reference)}</h3>"]
     for other, stats in comparison.get("Agreement", {}).items():
         parts.append(f"<h4>{html.escape(other)} - {html.escape(reference)}</h4>")
         for suffix, label in (("PDFFmap", "PDFF"), ("R2starmap", "R2* (1/s)")):
-            name = outputs.get(f"{suffix}-{other}")
-            if not name or not (anat / name).is_file():
+            path = run.listed.get(f"{suffix}-{other}")
+            if path is None or not path.is_file():
                 parts.append(f"<p class=\"note\">{html.escape(other)}'s {label} map is missing.</p>")
                 continue
-            difference = _load(anat / name) - maps[suffix]
+            difference = _load(path) - maps[suffix]
             bound = 1.0 if suffix == "PDFFmap" else max(1.0, float(np.percentile(np.abs(difference[mask]), 99)))
             title = f"{label}: {other} - {reference} (blue: {other} lower, red: higher)"
             parts.append(_image(output_dir, figures / f"{run.name}_{suffix}-{other}-minus-{reference}.png", title,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-_UNITS = {"": None, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 DEFAULT_WORKING_BYTES = 256 * 2**20  # per chunked computation, when --mem is not given
 MIN_WORKING_BYTES = 4 * 2**20
 # Peak memory per value of a run's (X, Y, Z, n_echoes) magnitudes beyond the program itself: the

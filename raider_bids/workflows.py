@@ -18,19 +18,19 @@ import torch
 from . import __version__
 from .bids_io import (MegreRun, find_runs, list_run_names, load_filters, load_mask, load_run, read_volume, run_size,
                       strip_ses, strip_sub)
+from .comparison import agreement
 from .config import Config
 from .derivatives import (RunOutputs, find_run_outputs, map_sidecar, output_path, prepare_output_dataset,
                           remove_run_outputs, run_outputs, write_json, write_nifti, write_torch, write_tsv)
 from .errors import (InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, ResourceError,
                      UsageError)
-from .comparison import agreement
 from .estimators import Estimates, Estimator, ProgressCallbackFactory, get_estimator
 from .fat_spectrum import load_fat_spectrum
 from .mask import foreground_mask, usable_voxels
 from .noise import estimate_sigma
+from .reports import group_report, participant_report
 from .resources import (DEFAULT_WORKING_BYTES, MIN_WORKING_BYTES, format_bytes, resident_bytes, run_bytes,
                         set_working_memory)
-from .reports import group_report, participant_report
 from .rois import Roi, applies_to, find_roi_files, load_rois
 from .roistats import COLUMNS, DATA_DICTIONARY, STATISTIC_MAPS, roi_rows
 from .signal_model import Acquisition
@@ -331,8 +331,7 @@ def _method_files(run: RunOutputs) -> dict[str, dict[str, Path]]:
     if len(methods) < 2:
         method = run.provenance.get("Estimation", {}).get("Method", "n/a")
         return {method: {name: run.files[suffix] for name, suffix in STATISTIC_MAPS.items()}}
-    return {m: {name: output_path(run.output_dir or Path(), run, suffix, desc=m)
-                for name, suffix in STATISTIC_MAPS.items()} for m in methods}
+    return {m: {name: run.listed[f"{suffix}-{m}"] for name, suffix in STATISTIC_MAPS.items()} for m in methods}
 
 
 def group(config: Config) -> GroupResult:
