@@ -1,7 +1,5 @@
 """`python -m raider_bids bids_dir output_dir participant|group [options]`."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -9,6 +9,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,41 +284,51 @@ def read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.N
     return img, data
 
 
-def load_run(run: MegreRun) -> tuple[np.ndarray, nib.Nifti1Image]:
+def load_run(run: MegreRun, threads: int = 1) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Magnitudes of shape (X, Y, Z, n_echoes), float32 (what scanners store; half the memory of
-    float64), and the first echo's image (for geometry). Echoes are read one at a time.
+    float64), and the first echo's image (for geometry). Echoes are read `threads` at a time
+    (decompression and checks run outside the GIL).
 
     NaN and Inf come back as NaN (with a warning): mask.usable_voxels leaves such voxels out of
     every mask, so they get 0 in the maps instead of being fitted as if they were zeros."""
     data, reference = None, None
     first = run.echo_files[0].name
-    for e, path in enumerate(run.echo_files):
-        img, volume = read_volume(path, "the NIfTI image", np.float64)
-        if volume.ndim != 3:
-            raise InputDataError(f"{path}: expected a 3-D image per echo (one file per echo), got shape "
-                                 f"{volume.shape}")
-        if data is None or reference is None:
-            reference = img
-            data = np.empty(volume.shape + (len(run.echo_files),), dtype=np.float32)
-        elif volume.shape != data.shape[:3]:
-            raise InputDataError(f"{path}: shape {volume.shape} differs from {first}'s {data.shape[:3]}; "
-                                 "all echoes must share one grid")
-        elif (distance := grid_mismatch_mm(img.affine, reference.affine, volume.shape)) is not None:
-            raise InputDataError(f"{path}: affine differs from {first}'s, moving voxels by up to "
-                                 f"{distance:.3g} mm; all echoes must share one grid")
-        finite = np.isfinite(volume)
-        if (negative := int((finite & (volume < 0)).sum())):  # -Inf is non-finite, masked below
-            raise InputDataError(f"{path}: {negative} negative value(s); this app needs magnitude images "
-                                 "(part-mag)")
-        if not (finite & (volume > 0)).any():
-            raise InputDataError(f"{path}: the image is all zeros" if finite.all() else
-                                 f"{path}: the image has no positive finite value (only zeros, NaN or Inf)")
-        if not finite.all():
-            log.warning("%s: %d voxel(s) with NaN or Inf values; left out of the mask (0 in the maps)",
-                        path, int((~finite).sum()))
-        data[..., e] = np.where(finite, volume, np.nan)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in range(0, len(run.echo_files), max(1, threads)):
+            paths = run.echo_files[start:start + max(1, threads)]
+            for e, (path, (img, volume)) in enumerate(zip(paths, pool.map(_read_echo, paths)), start):
+                if data is None or reference is None:
+                    reference = img
+                    data = np.empty(volume.shape + (len(run.echo_files),), dtype=np.float32)
+                elif volume.shape != data.shape[:3]:
+                    raise InputDataError(f"{path}: shape {volume.shape} differs from {first}'s {data.shape[:3]}; "
+                                         "all echoes must share one grid")
+                elif (distance := grid_mismatch_mm(img.affine, reference.affine, volume.shape)) is not None:
+                    raise InputDataError(f"{path}: affine differs from {first}'s, moving voxels by up to "
+                                         f"{distance:.3g} mm; all echoes must share one grid")
+                data[..., e] = volume
     assert data is not None and reference is not None  # a run has at least MIN_ECHOES files
     return data, reference
+
+
+def _read_echo(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """One echo's image and its magnitudes, checked, non-finite values as NaN."""
+    img, volume = read_volume(path, "the NIfTI image", np.float64)
+    if volume.ndim != 3:
+        raise InputDataError(f"{path}: expected a 3-D image per echo (one file per echo), got shape "
+                             f"{volume.shape}")
+    finite = np.isfinite(volume)
+    if (negative := int((finite & (volume < 0)).sum())):  # -Inf is non-finite, masked below
+        raise InputDataError(f"{path}: {negative} negative value(s); this app needs magnitude images "
+                             "(part-mag)")
+    if not (finite & (volume > 0)).any():
+        raise InputDataError(f"{path}: the image is all zeros" if finite.all() else
+                             f"{path}: the image has no positive finite value (only zeros, NaN or Inf)")
+    if not finite.all():
+        log.warning("%s: %d voxel(s) with NaN or Inf values; left out of the mask (0 in the maps)",
+                    path, int((~finite).sum()))
+        volume = np.where(finite, volume, np.nan)
+    return img, volume
 
 
 def load_mask(path: Path, shape: tuple[int, ...], affine: np.ndarray, image: str) -> np.ndarray:

@@ -325,6 +325,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_logging()
 
 
+def run() -> None:
+    """The command's entry point: exits with main's code without the interpreter's teardown of the
+    libraries (about 0.5 s for torch alone), since by then every output is written and closed."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 class _Terminated(BaseException):
     """SIGTERM (a scheduler's time limit or scancel) raised as an exception, so that the cleanup of
     unfinished runs and temporary files runs before exiting."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from .errors import InputDataError
 from .estimators.model_fitting import fit_voxels
@@ -45,7 +45,7 @@ def estimate_sigma(signals: np.ndarray, acquisition: Acquisition, rng: np.random
     if n_voxels > max_voxels:
         signals = signals[np.sort(rng.choice(n_voxels, max_voxels, replace=False))]
     fit = fit_voxels(signals, acquisition)
-    chi2_median = stats.chi2.median(dof)
+    chi2_median = special.chdtri(dof, 0.5)  # the chi-squared median
     sigma = float(np.sqrt(np.median(fit.loss) / chi2_median))
     used = fit.loss.size
     high_snr = fit.fitted.min(axis=1) >= MIN_SNR_FOR_GAUSSIAN * sigma

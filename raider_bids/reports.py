@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import matplotlib
 import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
@@ -84,22 +85,31 @@ def _slices(mask: np.ndarray) -> list[int]:
 
 def _mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits: tuple[float, float],
             mask: np.ndarray | None) -> Figure:
-    # At least 6 inches wide, so a single-slice run's title is not cut off.
-    fig = Figure(figsize=(max(6.0, 2.1 * len(slices) + 1.0), 2.6), layout="constrained")
-    axes = fig.subplots(1, len(slices), squeeze=False)[0]
-    image = None
-    for ax, z in zip(axes, slices):
-        plane = volume[:, :, z]
-        if mask is not None:
-            plane = np.ma.masked_where(~mask[:, :, z], plane)
-        ax.set_facecolor("black")
-        # rot90: the first (R) axis runs left to right, the second (A) upwards.
-        image = ax.imshow(np.rot90(plane), cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
-        ax.set_title(f"slice {z}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(image, ax=list(axes), shrink=0.9)
-    fig.suptitle(title, fontsize=10)
+    """The slices side by side in one image (one Axes: a figure per slice costs layout time),
+    outside the mask black, with a colour bar."""
+    # rot90: the first (R) axis runs left to right, the second (A) upwards.
+    planes = [np.rot90(volume[:, :, z] if mask is None else np.where(mask[:, :, z], volume[:, :, z], np.nan))
+              for z in slices]
+    height, width = planes[0].shape
+    gap = max(1, width // 40)
+    tiled = np.full((height, len(planes) * (width + gap) - gap), np.nan)
+    for i, plane in enumerate(planes):
+        tiled[:, i * (width + gap):i * (width + gap) + width] = plane
+    image_h = 2.2  # inches
+    image_w = image_h * tiled.shape[1] / height
+    fig_w, fig_h = max(6.0, image_w + 1.1), image_h + 0.65
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((0.1 / fig_w, 0.1 / fig_h, image_w / fig_w, image_h / fig_h))
+    shown = ax.imshow(tiled, cmap=matplotlib.colormaps[cmap].with_extremes(bad="black"), vmin=limits[0],
+                      vmax=limits[1], interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for i, z in enumerate(slices):
+        left = i * (width + gap)
+        if i:
+            ax.axvspan(left - gap - 0.5, left - 0.5, color="white")
+        ax.text(left + width / 2, -0.01 * height, f"slice {z}", ha="center", va="bottom", fontsize=8)
+    fig.colorbar(shown, cax=fig.add_axes(((0.25 + image_w) / fig_w, 0.1 / fig_h, 0.15 / fig_w, image_h / fig_h)))
+    fig.text(0.1 / fig_w, 1 - 0.08 / fig_h, title, ha="left", va="top", fontsize=10)
     return fig
 
 
@@ -144,7 +154,8 @@ def _training_figure(networks: list[dict]) -> Figure:
 
 
 def _histogram_figure(maps: dict[str, np.ndarray], mask: np.ndarray) -> Figure:
-    fig = Figure(figsize=(10, 2.8), layout="constrained")
+    fig = Figure(figsize=(10, 2.8))
+    fig.subplots_adjust(left=0.085, right=0.99, bottom=0.1, top=0.9, wspace=0.25)  # fixed: a layout engine costs time
     axes = fig.subplots(1, 3)
     for ax, suffix in zip(axes, ("PDFFmap", "R2starmap", "S0map")):
         values = maps[suffix][mask]
@@ -155,7 +166,7 @@ def _histogram_figure(maps: dict[str, np.ndarray], mask: np.ndarray) -> Figure:
             ax.axvline(PDFF_BOUNDARY, color="tab:red", linestyle="--", linewidth=1, label="0.58")
             ax.legend(fontsize=8)
         ax.set_title(_PANELS[suffix][0], fontsize=9)
-        ax.set_ylabel("voxels")
+    axes[0].set_ylabel("voxels")
     return fig
 
 

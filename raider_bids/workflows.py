@@ -8,6 +8,7 @@ import logging
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -156,7 +157,7 @@ def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimat
     t0 = time.perf_counter()
     if config.mem_bytes:
         _fit_memory(run, config.mem_bytes)
-    data, reference = load_run(run)
+    data, reference = load_run(run, threads=torch.get_num_threads())
     timings["LoadSeconds"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -212,6 +213,12 @@ def _fit_memory(run: MegreRun, limit: int) -> None:
     set_working_memory(min(DEFAULT_WORKING_BYTES, limit - base - images))
 
 
+def _write_map(path: Path, values: np.ndarray, mask: np.ndarray, reference) -> None:
+    volume = np.zeros(mask.shape, dtype=np.float32)
+    volume[mask] = values
+    write_nifti(path, volume, reference)
+
+
 def _maps(estimates: Estimates) -> dict[str, np.ndarray]:
     """Suffix -> per-voxel values of one method's maps."""
     maps = {"PDFFmap": estimates.pdff, "R2starmap": estimates.r2star_s, "S0map": estimates.s0}
@@ -244,16 +251,19 @@ def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, refer
         for estimator in estimators:
             volumes |= {(suffix, estimator.name, estimator): values
                         for suffix, values in _maps(results[estimator.name]).items()}
-    for (suffix, desc, estimator), values in volumes.items():
-        volume = np.zeros(mask.shape, dtype=np.float32)
-        volume[mask] = values
-        path = output_path(out, run, suffix, desc=desc)
-        write_nifti(path, volume, reference)
-        write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
-                   map_sidecar(run, suffix, estimator.description, estimator.reference, desc))
-        outputs[suffix if desc is None else f"{suffix}-{desc}"] = path
-    mask_path = output_path(out, run, "mask", desc="foreground")
-    write_nifti(mask_path, mask, reference, dtype=np.uint8)
+    # Several files at once: their gzip compression runs outside the GIL.
+    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+        jobs = []
+        for (suffix, desc, estimator), values in volumes.items():
+            path = output_path(out, run, suffix, desc=desc)
+            jobs.append(pool.submit(_write_map, path, values, mask, reference))
+            write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
+                       map_sidecar(run, suffix, estimator.description, estimator.reference, desc))
+            outputs[suffix if desc is None else f"{suffix}-{desc}"] = path
+        mask_path = output_path(out, run, "mask", desc="foreground")
+        jobs.append(pool.submit(write_nifti, mask_path, mask, reference, dtype=np.uint8))
+        for job in jobs:
+            job.result()
     write_json(mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")),
                {"Description": f"Foreground mask, {mask_source}",
                 "Sources": [f"bids:raw:{f}" for f in run.relative_files()], "SkullStripped": False})

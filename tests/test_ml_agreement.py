@@ -9,6 +9,7 @@ import torch
 
 from ml_reference import grid_search_ml
 from raider_bids.estimators import TRAINING_PRESETS, TrainingSettings, get_estimator
+from raider_bids.estimators.model_fitting import RICIAN_SNR
 from raider_bids.fat_spectrum import PRESETS
 from raider_bids.likelihood import rician_nll_per_voxel
 from raider_bids.signal_model import Acquisition, magnitude_signal, simulate_magnitude
@@ -30,9 +31,17 @@ def _nll(signals, candidate) -> np.ndarray:
     return rician_nll_per_voxel(torch.tensor(signals), torch.tensor(predicted), SIGMA).numpy()
 
 
-@pytest.fixture(scope="module")
-def fit_data():
-    signals, _ = _simulate(150, seed=21)
+@pytest.fixture(scope="module", params=["mixed", "above-floor"])
+def fit_data(request):
+    """150 voxels: R2* up to 500 1/s (most have an echo near the noise floor, ranked on the fine
+    grid by the likelihood), or only voxels whose every echo is RICIAN_SNR sigma above it (ranked
+    on the coarse grid by least squares, the second start dropped where it cannot win)."""
+    if request.param == "mixed":
+        signals, _ = _simulate(150, seed=21)
+    else:
+        signals, _ = _simulate(1000, seed=22, r2max=200)
+        signals = signals[signals.min(axis=1) >= RICIAN_SNR * SIGMA][:150]
+        assert len(signals) == 150
     estimates = get_estimator("fit", TrainingSettings()).fit(signals, ACQUISITION, SIGMA, seed=0, device=CPU)
     return signals, estimates
 

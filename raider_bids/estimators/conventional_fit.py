@@ -9,8 +9,8 @@ import torch
 
 from ..transforms import PDFF_RANGES
 from .base import Estimates, ProgressCallback, TrainingSettings, choose_by_likelihood
-from .model_fitting import (GRID_PDFF_POINTS, GRID_R2STAR_POINTS, LM_ITERATIONS,
-                            R2STAR_GRID_MAX_S, R2STAR_MAX_S, fit_voxels)
+from .model_fitting import (COARSE_PDFF_POINTS, COARSE_R2STAR_POINTS, GRID_PDFF_POINTS, GRID_R2STAR_POINTS,
+                            LM_ITERATIONS, R2STAR_GRID_MAX_S, R2STAR_MAX_S, RICIAN_SNR, fit_voxels)
 
 
 class ConventionalFit:
@@ -37,10 +37,12 @@ class ConventionalFit:
         estimates = choose_by_likelihood(*candidates)
         estimates.provenance = {
             "Method": self.name, "Description": self.description,
-            "Optimiser": (f"per PDFF range, a {GRID_PDFF_POINTS} x {GRID_R2STAR_POINTS} grid over PDFF and R2* "
-                          f"(0-{R2STAR_GRID_MAX_S:g} 1/s, S0 profiled) scored by the Rician likelihood; from its two "
-                          f"best local minima along PDFF, up to {LM_ITERATIONS} bounded Levenberg-Marquardt "
-                          "steps each; the better kept"),
+            "Optimiser": (f"per PDFF range, starts from a grid over PDFF and R2* (0-{R2STAR_GRID_MAX_S:g} 1/s, S0 "
+                          f"profiled): for voxels with an echo under {RICIAN_SNR:g} sigma, the best of a "
+                          f"{GRID_PDFF_POINTS} x {GRID_R2STAR_POINTS} grid and of its row at PDFF 0.58 by the Rician "
+                          f"likelihood; for the others, the same from a {COARSE_PDFF_POINTS} x {COARSE_R2STAR_POINTS} "
+                          "grid by least squares, the row's start dropped where it cannot end better; then up to "
+                          f"{LM_ITERATIONS} bounded Levenberg-Marquardt steps each, the better kept"),
             "Bounds": {"S0": [0, None], "R2starPerSecond": [0, R2STAR_MAX_S]},
             "ShareChoosingFat": float(estimates.chose_fat.mean()),
             "ShareChoosingWater": float(1 - estimates.chose_fat.mean()),

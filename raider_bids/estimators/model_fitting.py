@@ -1,8 +1,10 @@
 """Voxel-wise fitting of the magnitude model, batched over voxels (no Python loop per voxel).
 
-A grid over (PDFF, R2*) with S0 profiled out in closed form gives each voxel two starts inside a
-PDFF range; bounded Levenberg-Marquardt then minimises either the Gaussian residual sum of
-squares (where the noise level is not yet known) or the Rician negative log-likelihood.
+A grid over (PDFF, R2*) with S0 profiled out in closed form gives each voxel up to two starts
+inside a PDFF range; bounded Levenberg-Marquardt then minimises either the Gaussian residual sum
+of squares (where the noise level is not yet known) or the Rician negative log-likelihood. For
+the Rician loss, voxels near the noise floor rank a fine grid by that loss; the others (most of
+a scan) rank a coarse one by least squares and skip a second start that cannot win.
 For the Rician loss the step solves (J'J + damping) d = J' (m r(z) - nu), r = I1/I0: the
 Gauss-Newton step of the likelihood, whose stationary point is the Rician ML estimate.
 
@@ -30,9 +32,12 @@ R2STAR_MAX_S = 2000.0  # 1/s; MAGORINO's bound (2 ms^-1)
 R2STAR_GRID_MAX_S = 1500.0
 GRID_PDFF_POINTS = 21  # per PDFF range
 GRID_R2STAR_POINTS = 31  # over 0..R2STAR_GRID_MAX_S
+COARSE_PDFF_POINTS = 8  # the grid for voxels whose every echo is RICIAN_SNR sigma above the noise floor
+COARSE_R2STAR_POINTS = 11
 LM_ITERATIONS = 60
 LM_TOLERANCE = 1e-10  # relative loss gain below which a voxel has converged
 RICIAN_RERANK = 8  # grid points re-scored with the Rician loss
+RICIAN_SNR = 10.0  # below this many sigma at some echo, the grid is ranked by the Rician loss
 _GRID_CHUNK = 2048  # at most, voxels scored on the grid at once
 _POOL = 32768  # at most, starts iterated at once: large calls for torch's threads, small enough for the cache
 _ASYMPTOTIC_Z = 40.0  # Bessel arguments from which the asymptotic series is used
@@ -157,15 +162,18 @@ class _Loss:
 
 
 def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float] = (0.0, 1.0),
-               sigma: float | None = None, iterations: int = LM_ITERATIONS, n_pdff: int = GRID_PDFF_POINTS,
-               n_r2star: int = GRID_R2STAR_POINTS,
+               sigma: float | None = None, iterations: int = LM_ITERATIONS,
                device: torch.device = torch.device("cpu")) -> FitResult:
     """Fit magnitudes `signals` (N, n_echoes) with PDFF kept in `pdff_range`.
 
     sigma None: least squares; else the Rician likelihood with that noise level.
     """
     model = _Model(acquisition, device)
-    grid = _Grid(model, pdff_range, n_pdff, n_r2star)
+    grid = _Grid(model, pdff_range, GRID_PDFF_POINTS, GRID_R2STAR_POINTS, rescore=sigma is not None)
+    # Above the noise floor least squares ranks the grid as the likelihood does, and a coarser
+    # grid starts every voxel in its basin (checked on the in silico grid, the clinical benchmark
+    # and the real scans: the same answers).
+    coarse = None if sigma is None else _Grid(model, pdff_range, COARSE_PDFF_POINTS, COARSE_R2STAR_POINTS)
     lower, upper = torch.tensor([[0.0, pdff_range[0], 0.0], [float("inf"), pdff_range[1], R2STAR_MAX_S]],
                                 dtype=torch.float64, device=device)[..., None]
     problem = _Problem(model, _Loss(None if sigma is None else float(sigma)), lower, upper, iterations)
@@ -181,7 +189,14 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     pool = []  # batches of starts, concatenated before each step
     while True:
         while sum(b.index.numel() for b in pool) < pool_size and (sl := next(chunks, None)) is not None:
-            pool.append(grid.starts(data[sl], sl.start, n, problem))
+            m = data[sl].T.contiguous()
+            parts = [(grid, torch.arange(m.shape[1], device=device))]
+            if coarse is not None:
+                above = m.amin(dim=0) >= RICIAN_SNR * sigma
+                parts = [(coarse, above.nonzero()[:, 0]), (grid, (~above).nonzero()[:, 0])]
+            for part_grid, part in parts:
+                if part.numel():
+                    pool.append(part_grid.starts(_take(m, part), sl.start + part, n, problem))
         starts = _Starts.cat(pool) if pool else None
         if starts is None or starts.index.numel() == 0:
             break
@@ -217,9 +232,14 @@ def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class _Grid:
-    """(PDFF, R2*) grid over one PDFF range, PDFF-major, and the starts it gives."""
+    """(PDFF, R2*) grid over one PDFF range, PDFF-major, and the starts it gives.
 
-    def __init__(self, model: _Model, pdff_range: tuple[float, float], n_pdff: int, n_r2star: int):
+    Its points are ranked by least squares with S0 profiled. For the Rician loss, either they are
+    scored again with it (`rescore`, for voxels near the noise floor, where the two losses rank
+    basins differently), or the ranking is kept and a second start dropped where it cannot win."""
+
+    def __init__(self, model: _Model, pdff_range: tuple[float, float], n_pdff: int, n_r2star: int,
+                 rescore: bool = False):
         device = model.a.device
         pdff_values = torch.linspace(*pdff_range, n_pdff, dtype=torch.float64, device=device)
         self.pdff, self.r2star = (g.ravel() for g in torch.meshgrid(
@@ -231,15 +251,15 @@ class _Grid:
         self.basis = basis.T.contiguous()  # (E, G)
         boundary_row = int((pdff_values - PDFF_BOUNDARY).abs().argmin())
         self.row = slice(boundary_row * n_r2star, (boundary_row + 1) * n_r2star)
+        self.cell_loss = _cell_loss(basis.view(n_pdff, n_r2star, -1))
+        self.rescore = rescore
 
-    def starts(self, m: torch.Tensor, first: int, n: int, problem: _Problem) -> _Starts:
-        """Starts for voxels first.. with magnitudes m (n_chunk, E): each voxel's best grid point
-        (index first + i) and its best one on the boundary row (index n + first + i) if different,
+    def starts(self, m: torch.Tensor, index: torch.Tensor, n: int, problem: _Problem) -> _Starts:
+        """Starts for voxels `index` with magnitudes m (E, n_chunk): each voxel's best grid point
+        (answer index i) and its best one on the boundary row (answer index n + i) if different,
         S0 fitted by least squares."""
-        m = m.T.contiguous()
         a, b = self._best(m, problem.loss)
         second = (b != a).nonzero()[:, 0]
-        index = torch.arange(first, first + m.shape[1], device=m.device)
         m, point = torch.cat([m, _take(m, second)], dim=1), torch.cat([a, _take(b, second)])
         basis = _take(self.basis, point)
         s0 = ((m * basis).sum(dim=0) / _take(self.norm, point) ** 2).clamp_min(0)
@@ -251,23 +271,29 @@ class _Grid:
         the water/fat boundary (where a half-range's second basin sits when the truth is near 0.58:
         a coarse grid merges it with the first).
 
-        S0 is profiled by least squares and every grid point scored by the residual sum of squares;
-        for the Rician loss the RICIAN_RERANK best points of the grid and of the boundary row are
-        scored again with it, since near the noise floor the two basins differ."""
+        Without `rescore`, for the Rician loss the boundary row's point is dropped (returned equal
+        to the first) where its loss is worse than the first's by more than LM could gain from a
+        grid point (`cell_loss`): then it cannot end better."""
         # Magnitudes and the basis are >= 0, so the profiled S0 is the projection on the unit basis
         # over |b|, and the residual sum of squares |m|^2 - projection^2 falls as the projection rises.
         proj = m.T.float() @ self.unit  # (n, G)
-        row = proj[:, self.row]
+        if self.rescore and loss.sigma is not None:
+            return self._rescored(m, proj, slice(0, None), loss), self._rescored(m, proj, self.row, loss)
+        a, b = proj.argmax(dim=1), self.row.start + proj[:, self.row].argmax(dim=1)
         if loss.sigma is None:
-            return proj.argmax(dim=1), self.row.start + row.argmax(dim=1)
-        k = min(RICIAN_RERANK, row.shape[1])
-        candidates = torch.cat([proj.topk(k, dim=1).indices, self.row.start + row.topk(k, dim=1).indices], dim=1)
+            return a, b
+        projections = proj.gather(1, torch.stack([a, b], dim=1)).double()
+        gap = (projections[:, 0] ** 2 - projections[:, 1] ** 2) * loss.gain_scale
+        return a, torch.where(gap > self.cell_loss * loss.gain_scale * _dot(m, m), a, b)
+
+    def _rescored(self, m: torch.Tensor, proj: torch.Tensor, points: slice, loss: _Loss) -> torch.Tensor:
+        """Of the RICIAN_RERANK best grid points within `points` (the whole grid, or the boundary
+        row), the best by the loss."""
+        scores = proj[:, points]
+        candidates = points.start + scores.topk(min(RICIAN_RERANK, scores.shape[1]), dim=1).indices
         s0 = proj.gather(1, candidates).double() / _take(self.norm, candidates.flatten()).view_as(candidates)
         nu = s0 * _take(self.basis, candidates.flatten()).view(-1, *candidates.shape)
-        score = loss.value(m[..., None], nu)  # (n, 2k)
-        best = torch.stack([score[:, :k].argmin(dim=1), k + score[:, k:].argmin(dim=1)], dim=1)
-        a, b = candidates.gather(1, best).unbind(dim=1)
-        return a, b
+        return candidates.gather(1, loss.value(m[..., None], nu).argmin(dim=1, keepdim=True))[:, 0]
 
 
 @dataclass
@@ -344,6 +370,18 @@ class _Starts:
         self.increment = solution * scale
         # The model's gain: (d'J'r + damping d'diag(J'J) d) times the loss's scale of |residual|^2.
         return (_dot(solution, b) + self.damping * _dot(solution, solution)) * problem.loss.gain_scale
+
+
+def _cell_loss(shapes: torch.Tensor) -> float:
+    """The largest share of a signal's energy |m|^2 that S0-profiled least squares leaves when one
+    grid point's shape stands for its neighbour's (along either axis or diagonal), over a grid of
+    shapes (P, R, E). A start's loss exceeds its local minimum's by about |m|^2 / (2 sigma^2) times
+    the share between it and the minimum, which lies within the cell around it: this bounds that,
+    with a margin of about 4 (the minimum is at most half a cell away and the share is quadratic)."""
+    unit = shapes / shapes.norm(dim=-1, keepdim=True)
+    pairs = ((unit[1:], unit[:-1]), (unit[:, 1:], unit[:, :-1]), (unit[1:, 1:], unit[:-1, :-1]),
+             (unit[1:, :-1], unit[:-1, 1:]))
+    return max(float((1 - (a * b).sum(dim=-1) ** 2).max()) for a, b in pairs)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
