@@ -66,6 +66,12 @@ class MegreRun(RunEntities):
     def relative_files(self) -> list[str]:
         return [f.relative_to(self.bids_dir).as_posix() for f in self.echo_files]
 
+    def input_state(self) -> dict[str, dict[str, int]]:
+        """Size and modification time of each echo image, as recorded in the provenance: a rerun
+        redoes a finished run whose images changed since (a cheap check; hashing would read them)."""
+        stats = (f.stat() for f in self.echo_files)
+        return {name: {"Bytes": st.st_size, "ModifiedNs": st.st_mtime_ns} for name, st in zip(self.relative_files(), stats)}
+
 
 def parse_entities(path: Path) -> list[tuple[str, str]]:
     """Key-value entities of a BIDS filename, as written (zero padding kept)."""

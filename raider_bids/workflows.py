@@ -96,14 +96,14 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
     result = ParticipantResult([], [], failed)
     for i, run in enumerate(runs, 1):
         previous = run_outputs(config.output_dir, run)
-        if previous.finished and _same_options(previous.provenance, config):
+        redo = _why_redo(previous.provenance, config, run) if previous.finished else None
+        if previous.finished and redo is None:
             log.info("[%d/%d] %s: already finished with the same options (%s); skipped", i, len(runs), run.name,
                      previous.files["provenance"].name)
             result.skipped.append(run)
             continue
         if previous.files:
-            why = "made with other options" if previous.finished else "left by an interrupted or failed run"
-            log.info("%s: removing earlier outputs %s", run.name, why)
+            log.info("%s: removing earlier outputs %s", run.name, redo or "left by an interrupted or failed run")
         remove_run_outputs(config.output_dir, run)
         log.info("[%d/%d] %s: %d echoes, TE %.2f-%.2f ms, %.3g T", i, len(runs), run.name,
                  len(run.echo_times_s), 1e3 * run.echo_times_s[0], 1e3 * run.echo_times_s[-1],
@@ -134,11 +134,19 @@ def _user_error(exc: BaseException, run: MegreRun) -> RaiderError:
     raise exc
 
 
-def _same_options(provenance: dict, config: Config) -> bool:
+def _why_redo(provenance: dict, config: Config, run: MegreRun) -> str | None:
+    """Why a finished run's outputs no longer hold (made with other options or another version, or
+    from inputs that changed since), or None."""
     recorded = provenance.get("Configuration", {})
     current = json.loads(json.dumps(config.result_options(), default=str))
-    return (provenance.get("Software", {}).get("raider-bids") == __version__
-            and {k: recorded.get(k) for k in current} == current)
+    if (provenance.get("Software", {}).get("raider-bids") != __version__
+            or {k: recorded.get(k) for k in current} != current):
+        return "made with other options"
+    if (provenance.get("EchoTime") != list(run.echo_times_s)
+            or provenance.get("MagneticFieldStrength") != run.field_strength_t
+            or provenance.get("InputFiles") != run.input_state()):
+        return "made from inputs that have changed since (images or sidecars)"
+    return None
 
 
 def write_participant_reports(config: Config, subjects: list[str]) -> None:
@@ -157,6 +165,7 @@ def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimat
     t0 = time.perf_counter()
     if config.mem_bytes:
         _fit_memory(run, config.mem_bytes)
+    inputs = run.input_state()  # before reading: a change while the run works shows on the next rerun
     data, reference = load_run(run, threads=torch.get_num_threads())
     timings["LoadSeconds"] = time.perf_counter() - t0
 
@@ -196,7 +205,7 @@ def process_run(config: Config, run: MegreRun, acquisition: Acquisition, estimat
         log.info("%s: %s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, estimator.name,
                  100 * estimates.chose_fat.mean())
 
-    outputs = write_outputs(config, run, acquisition, reference, mask, results, estimators, noise,
+    outputs = write_outputs(config, run, inputs, acquisition, reference, mask, results, estimators, noise,
                             mask_source, device, timings)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
     return RunResult(run, outputs)
@@ -231,7 +240,7 @@ def _candidate(estimates: Estimates) -> dict[str, np.ndarray]:
     return {"pdff": estimates.pdff, "r2star_s": estimates.r2star_s, "s0": estimates.s0}
 
 
-def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, reference, mask,
+def write_outputs(config: Config, run: MegreRun, inputs: dict, acquisition: Acquisition, reference, mask,
                   results: dict[str, Estimates], estimators: list[Estimator], noise: dict, mask_source: str,
                   device: torch.device, timings: dict[str, float]) -> dict[str, Path]:
     """Maps of the primary (first) method under the plain names; with several methods, every
@@ -283,6 +292,7 @@ def write_outputs(config: Config, run: MegreRun, acquisition: Acquisition, refer
         "Device": str(device),
         "TorchThreads": torch.get_num_threads(),
         "Inputs": [f"bids:raw:{f}" for f in run.relative_files()],
+        "InputFiles": inputs,
         "EchoTime": list(run.echo_times_s),
         "MagneticFieldStrength": run.field_strength_t,
         "FatSpectrum": acquisition.fat_spectrum.to_dict(),

@@ -145,6 +145,40 @@ def test_rerun_with_other_options_recomputes_and_drops_stale_files(bids, tmp_pat
     assert provenance["Configuration"]["write_candidates"] is False
 
 
+def _touch_echo(bids: Path) -> None:
+    """A raw image rewritten (same size, later modification time)."""
+    echo = next((bids / "sub-01" / "anat").glob("*echo-1*_MEGRE.nii.gz"))
+    stat = echo.stat()
+    os.utime(echo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def _edit_echo_time(bids: Path) -> None:
+    """A sidecar corrected after the run (the images untouched)."""
+    sidecar = next((bids / "sub-01" / "anat").glob("*echo-2*_MEGRE.json"))
+    meta = json.loads(sidecar.read_text())
+    meta["EchoTime"] += 1e-5
+    sidecar.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change", [_touch_echo, _edit_echo_time], ids=["image", "sidecar"])
+def test_rerun_after_the_inputs_changed_recomputes(bids, tmp_path, change):
+    out = tmp_path / "out"
+    run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit"))
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "sub-02").rglob("*.nii.gz")}
+    change(bids)
+    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit"))
+    assert "sub-01: removing earlier outputs made from inputs that have changed since" in err, err
+    assert "1 run(s) processed, 1 skipped" in err
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    provenance = json.loads((out / "sub-01" / "anat" / "sub-01_provenance.json").read_text())
+    recorded = provenance["InputFiles"]
+    for path in (bids / "sub-01" / "anat").glob("*_MEGRE.nii.gz"):
+        name = path.relative_to(bids).as_posix()
+        assert recorded[name] == {"Bytes": path.stat().st_size, "ModifiedNs": path.stat().st_mtime_ns}
+    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit"))
+    assert "0 run(s) processed, 2 skipped" in err
+
+
 def _plant_leftovers(out: Path) -> None:
     """What a run killed while writing leaves: some maps, a temporary file, no provenance."""
     anat = out / "sub-01" / "anat"
