@@ -70,7 +70,8 @@ class MegreRun(RunEntities):
         """Size and modification time of each echo image, as recorded in the provenance: a rerun
         redoes a finished run whose images changed since (a cheap check; hashing would read them)."""
         stats = (f.stat() for f in self.echo_files)
-        return {name: {"Bytes": st.st_size, "ModifiedNs": st.st_mtime_ns} for name, st in zip(self.relative_files(), stats)}
+        return {name: {"Bytes": st.st_size, "ModifiedNs": st.st_mtime_ns}
+                for name, st in zip(self.relative_files(), stats)}
 
 
 def parse_entities(path: Path) -> list[tuple[str, str]]:
@@ -299,9 +300,11 @@ def load_run(run: MegreRun, threads: int = 1) -> tuple[np.ndarray, nib.Nifti1Ima
     every mask, so they get 0 in the maps instead of being fitted as if they were zeros."""
     data, reference = None, None
     first = run.echo_files[0].name
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for start in range(0, len(run.echo_files), max(1, threads)):
-            paths = run.echo_files[start:start + max(1, threads)]
+    threads = max(1, threads)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        # A batch at a time: at most `threads` float64 volumes held besides `data`.
+        for start in range(0, len(run.echo_files), threads):
+            paths = run.echo_files[start:start + threads]
             for e, (path, (img, volume)) in enumerate(zip(paths, pool.map(_read_echo, paths)), start):
                 if data is None or reference is None:
                     reference = img

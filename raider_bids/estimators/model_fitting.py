@@ -277,7 +277,7 @@ class _Grid:
         # Magnitudes and the basis are >= 0, so the profiled S0 is the projection on the unit basis
         # over |b|, and the residual sum of squares |m|^2 - projection^2 falls as the projection rises.
         proj = m.T.float() @ self.unit  # (n, G)
-        if self.rescore and loss.sigma is not None:
+        if self.rescore:  # only ever set where the loss is the Rician one
             return self._rescored(m, proj, slice(0, None), loss), self._rescored(m, proj, self.row, loss)
         a, b = proj.argmax(dim=1), self.row.start + proj[:, self.row].argmax(dim=1)
         if loss.sigma is None:
