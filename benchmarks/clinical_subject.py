@@ -33,8 +33,8 @@ from scipy.special import i0e
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ml_reference import shapes  # noqa: E402  (independent numpy model)
 
-from raider_bids.demo import ECHO_TIMES_S, FIELD_STRENGTH_T, TISSUES, write_dataset  # noqa: E402
-from raider_bids.transforms import PDFF_BOUNDARY  # noqa: E402
+from raider_bids.experiments.demo import ECHO_TIMES_S, FIELD_STRENGTH_T, TISSUES, write_dataset  # noqa: E402
+from raider_bids.physics.parameters import PDFF_BOUNDARY  # noqa: E402
 
 
 def run_app(bids: Path, out: Path, method: str, nprocs: int, extra: list[str]) -> tuple[float, float]:

@@ -20,10 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ml_reference import grid_search_ml  # noqa: E402
 
-from raider_bids.estimators import TRAINING_PRESETS, get_estimator  # noqa: E402
-from raider_bids.fat_spectrum import PRESETS  # noqa: E402
-from raider_bids.likelihood import rician_nll_per_voxel  # noqa: E402
-from raider_bids.signal_model import Acquisition, magnitude_signal, simulate_magnitude  # noqa: E402
+from raider_bids.config import TRAINING_PRESETS  # noqa: E402
+from raider_bids.estimators import get_estimator  # noqa: E402
+from raider_bids.physics.fat_spectrum import PRESETS  # noqa: E402
+from raider_bids.physics.likelihood import rician_nll_per_voxel  # noqa: E402
+from raider_bids.physics.signal_model import Acquisition, magnitude_signal  # noqa: E402
+from raider_bids.physics.simulation import simulate_magnitude  # noqa: E402
 
 ECHO_TIMES_S = tuple(1.15e-3 * k for k in range(1, 7))
 

@@ -1,16 +1,90 @@
-"""The one frozen configuration of a run; every default lives here."""
+"""Every choice a user has, with its default, in one torch-free place: the training presets, the
+estimation methods, the frozen configuration of a call and which of its options change the maps.
+
+The command line, the library (estimators take their settings explicitly) and README read the
+defaults from here; tests/test_config.py pins that they agree.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .estimators import DEFAULT_METHOD, DEFAULT_TRAINING, TRAINING_PRESETS, TrainingSettings
-from .fat_spectrum import DEFAULT_SPECTRUM
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    """Options of the network training loop (self-supervised and supervised alike)."""
+
+    learning_rate: float
+    batch_size: int
+    patience: int  # epochs without a better validation loss before a network stops
+    max_epochs: int
+    validation_fraction: float  # share of the voxels held out for early stopping
+    # None: an epoch is one pass over the training voxels in shuffled mini-batches (the paper).
+    # A number: an epoch is that many mini-batches drawn at random, so the work per epoch and the
+    # number of steps no longer grow with the number of voxels.
+    steps_per_epoch: int | None
+    max_validation_voxels: int | None
+    # With steps_per_epoch: anneal the learning rate along a half cosine to this fraction of it
+    # over max_epochs x steps_per_epoch steps (None: constant, as in the paper).
+    final_lr_fraction: float | None
+
+
+# The paper's exact settings, and the fast default: larger random mini-batches with a higher
+# learning rate annealed to 1% over a budget of 8000 steps, whatever the number of voxels (big
+# data does not mean more steps, small data is not undertrained), validation on <= 20k voxels.
+TRAINING_PRESETS = {
+    "paper": TrainingSettings(learning_rate=1e-3, batch_size=128, patience=10, max_epochs=1000,
+                              validation_fraction=0.1, steps_per_epoch=None, max_validation_voxels=None,
+                              final_lr_fraction=None),
+    "fast": TrainingSettings(learning_rate=5e-3, batch_size=1024, patience=10, max_epochs=80,
+                             validation_fraction=0.1, steps_per_epoch=100, max_validation_voxels=20000,
+                             final_lr_fraction=0.01),
+}
+DEFAULT_TRAINING = "fast"
+
+
+@dataclass(frozen=True)
+class Method:
+    """An estimation method as users see it (the estimator itself is in raider_bids.estimators)."""
+
+    name: str
+    summary: str  # for --help
+    description: str  # for sidecars, provenance and descriptions.tsv
+    reference: str
+    networks: tuple[str, ...]  # the networks it trains ("water", "fat", "full"); () for none
+
+
+_MINORE = ("Minore GV, Dwyer-Hemmings L, Bray TJP, Zhang H. Resolving quantitative MRI model "
+           "degeneracy in self-supervised machine learning. 2025.")
+METHODS = {m.name: m for m in (
+    Method("ssl", "the paper's dual self-supervised networks",
+           "dual self-supervised networks, water (PDFF <= 0.58) and fat (PDFF >= 0.58), "
+           "chosen per voxel by Rician likelihood", _MINORE, ("water", "fat")),
+    Method("fit", "conventional two-start Rician maximum-likelihood fit (MAGORINO)",
+           "conventional voxel-wise Rician maximum-likelihood fit from a water-dominant "
+           "(PDFF <= 0.58) and a fat-dominant (PDFF >= 0.58) start, the higher likelihood kept",
+           "Bray TJP, Bainbridge A, Lim E, Hall-Craggs MA, Zhang H. MAGORINO: Magnitude-only fat "
+           "fraction and R2* estimation with Rician noise modeling. Magn Reson Med 2023;89:1173-1192.", ()),
+    Method("single", "one unconstrained network (the naive baseline)",
+           "one self-supervised network, PDFF unconstrained in [0, 1] (the naive baseline)", _MINORE, ("full",)),
+    Method("supervised", "dual networks trained on simulated signals (RAIDER)",
+           "dual supervised networks (RAIDER), water (PDFF <= 0.58) and fat (PDFF >= 0.58), trained on "
+           "signals simulated for the run's echo times and field strength with an MSE loss on PDFF and "
+           "R2*; S0 refitted by least squares; chosen per voxel by Rician likelihood",
+           "Bray TJP, Minore GV, Bainbridge A, Dwyer-Hemmings L, Taylor SA, Hall-Craggs MA, Zhang H. "
+           "RAIDER: Rapid, anatomy-independent, deep learning-based PDFF and R2* estimation using "
+           "magnitude-only signals. arXiv:2403.01178, 2024.", ("water", "fat")),
+)}
+DEFAULT_METHOD = "ssl"
+DEFAULT_SPECTRUM = "hernando"  # a preset of raider_bids.physics.fat_spectrum
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available
 
 
 @dataclass(frozen=True)
 class Config:
+    """The one frozen configuration of a call."""
+
     bids_dir: Path
     output_dir: Path
     analysis_level: str = "participant"
@@ -27,7 +101,7 @@ class Config:
     write_candidates: bool = False
     training: TrainingSettings = field(default_factory=lambda: TRAINING_PRESETS[DEFAULT_TRAINING])
     random_seed: int = 0
-    device: str = "auto"
+    device: str = DEVICES[0]
     nprocs: int | None = None
     mem_bytes: int | None = None
     command_line: tuple[str, ...] = ()
@@ -42,6 +116,7 @@ class Config:
 
 
 # Options that change the maps (threads, device and paths change at most the last bits, or nothing):
-# a finished run made with other values of these is recomputed, not skipped.
+# a finished run made with other values of these is recomputed, not skipped. The content of the
+# files named by mask_file and fat_spectrum counts too (the provenance's OptionFiles).
 RESULT_OPTIONS = ("field_strength_t", "fat_spectrum", "sigma", "mask_file", "methods", "write_candidates",
                   "training", "random_seed")

@@ -1,10 +1,11 @@
-"""Memory: reading --mem, the working-memory budget that sizes voxel chunks, and the check that
-refuses a run whose whole-image arrays cannot fit, before anything is loaded."""
+"""Memory: reading --mem, the working-memory budget that sizes voxel chunks, the one helper that
+splits voxels into chunks, and what the check that refuses a run before loading needs."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 
 _UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 DEFAULT_WORKING_BYTES = 256 * 2**20  # per chunked computation, when --mem is not given
@@ -63,3 +64,11 @@ def chunk_voxels(bytes_per_voxel: int, largest: int) -> int:
     """How many voxels a chunked computation takes at once: what fits the working memory, at most
     `largest` (beyond which chunks no longer get faster), at least 256."""
     return max(256, min(largest, _working_bytes // max(1, bytes_per_voxel)))
+
+
+def chunk_slices(n_items: int, chunk_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `chunk_size` covering range(n_items)."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    for start in range(0, n_items, chunk_size):
+        yield slice(start, min(start + chunk_size, n_items))

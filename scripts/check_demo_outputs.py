@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from raider_bids.demo import TISSUES
+from raider_bids.experiments.demo import TISSUES
 
 TOLERANCE = 0.03
 

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from cli_checks import assert_no_partial_files, assert_one_error, reset_logger, run_cli, snapshot
-from raider_bids import bids_io, workflows
-from raider_bids.demo import AFFINE, ECHO_TIMES_S, write_dataset
+from raider_bids.bids_io import raw as bids_io
+from raider_bids.workflows import participant as workflows
+from raider_bids.experiments.demo import AFFINE, ECHO_TIMES_S, write_dataset
 
 P = "participant"
 SHAPE = (16, 16, 2)
@@ -38,7 +39,7 @@ def _isolate(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.getbasetemp() / "mpl"))
     # The HTML reports (tests/test_reports.py) cost ~1.4 s per participant, most of this file's
     # time; tests that want them ask for `with_reports`.
-    monkeypatch.setattr(workflows, "write_participant_reports", lambda config, subjects: None)
+    monkeypatch.setattr(workflows, "write_participant_reports", lambda config, dataset, subjects: None)
     reset_logger()
     yield
     reset_logger()

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from raider_bids.bids_io import find_runs, load_filters, load_run, parse_entities
+from raider_bids.bids_io.raw import find_runs, load_filters, load_run, parse_entities
 from raider_bids.errors import InputDataError, MissingInputError, NoFilesSelectedError, UsageError
 
 TES = (0.0012, 0.0024, 0.0036, 0.0048)  # seconds

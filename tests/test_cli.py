@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from cli_checks import assert_no_partial_files, assert_one_error, reset_logger, run_cli, snapshot
-from raider_bids.cli import build_parser, config_from_args, main
-from raider_bids.demo import write_dataset
+from raider_bids.cli import main
+from raider_bids.cli.parser import build_parser, config_from_args
+from raider_bids.experiments.demo import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = (ROOT / "version").read_text().strip()

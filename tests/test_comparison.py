@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from raider_bids.cli import main
-from raider_bids.comparison import AGREEMENT, agreement
-from raider_bids.demo import write_dataset
+from raider_bids.reports.comparison import AGREEMENT, agreement
+from raider_bids.experiments.demo import write_dataset
 
 
 def test_agreement_of_a_hand_made_case():

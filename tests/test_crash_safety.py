@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from raider_bids.demo import write_dataset
+from raider_bids.experiments.demo import write_dataset
 
 # A short training (3 epochs of 100 steps) that still exercises the networks.
 SHORT = ["--max-epochs", "3", "--patience", "3"]

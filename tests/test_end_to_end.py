@@ -15,11 +15,11 @@ import torch
 
 from raider_bids import __version__
 from raider_bids.cli import main
-from raider_bids.demo import FIELD_STRENGTH_T, TISSUES, compare, write_dataset
-from raider_bids.estimators.dual_network import predict
+from raider_bids.experiments.demo import FIELD_STRENGTH_T, TISSUES, compare, write_dataset
+from raider_bids.estimators.self_supervised import predict
 from raider_bids.estimators.networks import PhysicsAutoencoder, normalise
-from raider_bids.fat_spectrum import PRESETS
-from raider_bids.signal_model import Acquisition
+from raider_bids.physics.fat_spectrum import PRESETS
+from raider_bids.physics.signal_model import Acquisition
 
 SHAPE = (32, 32, 3)
 WATER = ("muscle", "liver")  # clearly water-dominant

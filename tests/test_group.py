@@ -24,7 +24,7 @@ import pytest
 
 from cli_checks import assert_one_error
 from raider_bids.cli import main
-from raider_bids.demo import TISSUES, write_dataset
+from raider_bids.experiments.demo import TISSUES, write_dataset
 
 SHAPE = (16, 16, 2)
 AFFINE = np.diag([1.8, 1.8, 3.0, 1.0])
@@ -320,7 +320,7 @@ def _lookup_for_another_image(roi: Path) -> str:
 
 
 def load_labels() -> np.ndarray:
-    from raider_bids.demo import make_phantom
+    from raider_bids.experiments.demo import make_phantom
 
     return make_phantom(SHAPE)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raider_bids import insilico
+from raider_bids.experiments import insilico
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--max-epochs", "2", "--nprocs", "1"]

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from ml_reference import grid_search_ml
-from raider_bids.estimators import TRAINING_PRESETS, TrainingSettings, get_estimator
-from raider_bids.estimators.model_fitting import RICIAN_SNR
-from raider_bids.fat_spectrum import PRESETS
-from raider_bids.likelihood import rician_nll_per_voxel
-from raider_bids.signal_model import Acquisition, magnitude_signal, simulate_magnitude
+from raider_bids.config import TRAINING_PRESETS
+from raider_bids.estimators import get_estimator
+from raider_bids.physics.solver import RICIAN_SNR
+from raider_bids.physics.fat_spectrum import PRESETS
+from raider_bids.physics.likelihood import rician_nll_per_voxel
+from raider_bids.physics.signal_model import Acquisition, magnitude_signal
+from raider_bids.physics.simulation import simulate_magnitude
 
 ECHO_TIMES_S = tuple(1.15e-3 * k for k in range(1, 7))  # the paper's protocol, 3 T
 ACQUISITION = Acquisition(ECHO_TIMES_S, 3.0, PRESETS["hernando"])
@@ -42,7 +44,7 @@ def fit_data(request):
         signals, _ = _simulate(1000, seed=22, r2max=200)
         signals = signals[signals.min(axis=1) >= RICIAN_SNR * SIGMA][:150]
         assert len(signals) == 150
-    estimates = get_estimator("fit", TrainingSettings()).fit(signals, ACQUISITION, SIGMA, seed=0, device=CPU)
+    estimates = get_estimator("fit", TRAINING_PRESETS["paper"]).fit(signals, ACQUISITION, SIGMA, seed=0, device=CPU)
     return signals, estimates
 
 

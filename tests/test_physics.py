@@ -15,13 +15,14 @@ import torch
 from scipy import stats
 
 from raider_bids.errors import InputDataError, UsageError
-from raider_bids.estimators.model_fitting import fit_voxels
-from raider_bids.fat_spectrum import PRESETS, load_fat_spectrum
-from raider_bids.likelihood import rician_log_likelihood, rician_nll_per_voxel
-from raider_bids.mask import foreground_mask
-from raider_bids.noise import estimate_sigma
-from raider_bids.signal_model import Acquisition, SignalModel, magnitude_signal, simulate_magnitude
-from raider_bids.transforms import nonnegative, pdff_transform
+from raider_bids.physics.solver import fit_voxels
+from raider_bids.physics.fat_spectrum import PRESETS, load_fat_spectrum
+from raider_bids.physics.likelihood import rician_log_likelihood, rician_nll_echo_major, rician_nll_per_voxel
+from raider_bids.preprocessing.mask import foreground_mask
+from raider_bids.preprocessing.noise import estimate_sigma
+from raider_bids.physics.signal_model import Acquisition, SignalModel, least_squares_s0, magnitude_signal
+from raider_bids.physics.simulation import simulate_magnitude
+from raider_bids.physics.transforms import nonnegative, pdff_transform
 
 # --- independent truth -------------------------------------------------------------------------
 
@@ -304,6 +305,63 @@ def test_rician_nll_is_minimised_near_truth_at_high_snr():
 X_WIDE = torch.linspace(-50.0, 50.0, 20001, dtype=torch.float64)
 
 
+def _magnitudes_over_both_bessel_regimes(rng, n=400, sigma=2.0):
+    """Echo-major (E, n) measured and predicted magnitudes whose z = m nu / sigma^2 runs from 0 to
+    1e5, so that both of the solver's ways of evaluating I0 (torch below 40, the series above) count."""
+    nu = sigma * np.exp(rng.uniform(np.log(1e-3), np.log(150.0), n)) * rng.uniform(0.7, 1.0, (6, n))
+    m = np.hypot(nu + sigma * rng.standard_normal((6, n)), sigma * rng.standard_normal((6, n)))
+    return m, nu
+
+
+def test_solver_loss_is_the_rician_nll_of_scipy_and_of_the_likelihood_module():
+    """The fit's NLL (echo-major, asymptotic Bessel series) against scipy's Rice density and the
+    networks' rician_nll_per_voxel: one likelihood, whichever way it is evaluated."""
+    from raider_bids.physics.solver import _Loss
+
+    sigma = 2.0
+    m, nu = _magnitudes_over_both_bessel_regimes(np.random.default_rng(11), sigma=sigma)
+    z = m * nu / sigma**2
+    assert (z < 40).any(axis=0).any() and (z.min(axis=0) >= 40).any()  # columns of either kind
+    value = _Loss(sigma).value(torch.from_numpy(m), torch.from_numpy(nu)).numpy()
+    # Constant terms dropped: -log p(m) = NLL - log(m / sigma^2) per echo.
+    scipy_nll = -(stats.rice.logpdf(m, nu / sigma, scale=sigma) - np.log(m / sigma**2)).sum(axis=0)
+    np.testing.assert_allclose(value, scipy_nll, rtol=1e-10, atol=1e-9)
+    per_voxel = rician_nll_per_voxel(torch.from_numpy(m.T), torch.from_numpy(nu.T), sigma).numpy()
+    np.testing.assert_allclose(value, per_voxel, rtol=1e-12, atol=1e-10)
+
+
+def test_solver_residual_is_the_likelihood_gradient():
+    """m I1(z)/I0(z) - nu, the solver's 'residual', is -sigma^2 dNLL/dnu (autograd of the module's NLL)."""
+    sigma = 2.0
+    m, nu = _magnitudes_over_both_bessel_regimes(np.random.default_rng(12), sigma=sigma)
+    nu_t = torch.from_numpy(nu.T.copy()).requires_grad_(True)
+    rician_nll_per_voxel(torch.from_numpy(m.T), nu_t, sigma).sum().backward()
+    _, residual = rician_nll_echo_major(torch.from_numpy(m), torch.from_numpy(nu), sigma)
+    np.testing.assert_allclose(residual.numpy(), -sigma**2 * nu_t.grad.numpy().T, rtol=1e-9, atol=1e-9)
+
+
+def test_least_squares_s0_is_the_closed_form_minimiser_clamped_at_zero():
+    rng = np.random.default_rng(13)
+    shapes = rng.uniform(0.1, 1.0, (50, 6))
+    m = shapes * rng.uniform(-2.0, 5.0, (50, 1)) + rng.normal(0, 0.05, (50, 6))
+    expected = [max(0.0, float(np.linalg.lstsq(b[:, None], y, rcond=None)[0][0])) for b, y in zip(shapes, m)]
+    got = least_squares_s0(m, shapes, axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+    assert (got == 0).any() and (got > 0).any()
+    torch_got = least_squares_s0(torch.from_numpy(m.T), torch.from_numpy(shapes.T), axis=0).numpy()
+    np.testing.assert_allclose(torch_got, got, rtol=1e-14)
+    assert least_squares_s0(np.ones((1, 4)), np.zeros((1, 4)), axis=1)[0] == 0.0  # no shape, no S0
+
+
+def test_simulate_magnitude_takes_one_noise_level_per_signal():
+    """Noise-only signals are Rayleigh with each signal's own sigma: mean sigma sqrt(pi / 2)."""
+    sigma = np.repeat([0.5, 3.0], 20000)
+    m = simulate_magnitude(acquisition(), np.zeros(sigma.size), np.zeros(sigma.size), np.zeros(sigma.size),
+                           sigma, np.random.default_rng(14))
+    for value in (0.5, 3.0):
+        assert m[sigma == value].mean() == pytest.approx(value * math.sqrt(math.pi / 2), rel=0.01)
+
+
 @pytest.mark.parametrize("kind, low, high", [("water", 0.0, 0.58), ("fat", 0.58, 1.0), ("full", 0.0, 1.0)])
 def test_pdff_transform_range_and_reaches_both_ends(kind, low, high):
     pdff = pdff_transform(X_WIDE, kind)
@@ -524,7 +582,7 @@ def test_mask_of_all_zero_image_is_empty():
 
 
 def test_fitting_model_value_and_jacobian_match_signal_model_and_autograd():
-    from raider_bids.estimators.model_fitting import _Model
+    from raider_bids.physics.solver import _Model
 
     acq = acquisition()
     model = _Model(acq, torch.device("cpu"))

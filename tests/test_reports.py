@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from raider_bids.cli import main
-from raider_bids.demo import write_dataset, write_roi_dataset
-from raider_bids.reports import MAX_SLICES, _slices
+from raider_bids.experiments.demo import write_dataset, write_roi_dataset
+from raider_bids.reports.pages import MAX_SLICES, _slices
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -107,7 +107,7 @@ def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, mon
     plotting error, never fail a level: the table and pages are written, with a note for the figure."""
     import nibabel as nib
 
-    from raider_bids import reports
+    from raider_bids.reports import pages
 
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     write_dataset(tmp_path / "bids", shape=(16, 16, 2), subjects=("01",), seed=1)
@@ -122,7 +122,7 @@ def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, mon
     def broken(*args, **kwargs):
         raise ValueError("cannot draw this")
 
-    monkeypatch.setattr(reports, "_roi_figure", broken)
+    monkeypatch.setattr(pages, "roi_figure", broken)
     assert main(base + ["group"]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "figure not drawn" in err

@@ -12,11 +12,13 @@ import torch
 from cli_checks import assert_one_error
 
 from raider_bids import resources
-from raider_bids.cli import build_parser, main
-from raider_bids.demo import ECHO_TIMES_S, FIELD_STRENGTH_T, write_dataset
-from raider_bids.estimators.model_fitting import fit_voxels
-from raider_bids.fat_spectrum import PRESETS
-from raider_bids.signal_model import Acquisition, simulate_magnitude
+from raider_bids.cli import main
+from raider_bids.cli.parser import build_parser
+from raider_bids.experiments.demo import ECHO_TIMES_S, FIELD_STRENGTH_T, write_dataset
+from raider_bids.physics.solver import fit_voxels
+from raider_bids.physics.fat_spectrum import PRESETS
+from raider_bids.physics.signal_model import Acquisition
+from raider_bids.physics.simulation import simulate_magnitude
 
 
 @pytest.mark.parametrize("text, expected", [

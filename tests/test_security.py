@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from raider_bids.cli import main
-from raider_bids.demo import write_dataset
+from raider_bids.experiments.demo import write_dataset
 
 
 def tree(root: Path) -> list[str]:

@@ -12,11 +12,14 @@ import torch
 from ml_reference import shapes
 from scipy.special import i0e
 
-from raider_bids.estimators import ESTIMATORS, TRAINING_PRESETS, get_estimator
+from raider_bids.config import TRAINING_PRESETS
+from raider_bids.estimators import ESTIMATORS, get_estimator
 from raider_bids.estimators.networks import PhysicsAutoencoder
 from raider_bids.estimators.supervised import SupervisedDual, predict_parameters
-from raider_bids.fat_spectrum import PRESETS
-from raider_bids.signal_model import Acquisition, simulate_magnitude
+from raider_bids.workflows.recording import estimation_record
+from raider_bids.physics.fat_spectrum import PRESETS
+from raider_bids.physics.signal_model import Acquisition
+from raider_bids.physics.simulation import simulate_magnitude
 
 ECHO_TIMES_S = tuple(1.15e-3 * k for k in range(1, 7))  # the paper's protocol, 3 T
 ACQUISITION = Acquisition(ECHO_TIMES_S, 3.0, PRESETS["hernando"])
@@ -76,8 +79,8 @@ def _nll(signals: np.ndarray, s0, pdff, r2, sigma: float) -> np.ndarray:
 def test_registered_under_supervised_and_takes_the_settings():
     assert ESTIMATORS["supervised"] is SupervisedDual
     estimator = get_estimator("supervised", SETTINGS)
-    assert isinstance(estimator, SupervisedDual) and estimator.settings is SETTINGS
-    assert "RAIDER" in estimator.reference and "2403.01178" in estimator.reference
+    assert isinstance(estimator, SupervisedDual) and estimator.training is SETTINGS
+    assert "RAIDER" in estimator.method.reference and "2403.01178" in estimator.method.reference
 
 
 @pytest.mark.parametrize("k, kind, pdff_range", [(0, "water", (0.0, 0.58)), (1, "fat", (0.58, 1.0))])
@@ -163,10 +166,11 @@ def test_s0_is_the_least_squares_optimum_and_the_choice_is_by_likelihood(easy, s
 
 
 def test_provenance_records_the_training_for_the_report(supervised_run):
-    prov = supervised_run.provenance
-    assert prov["Method"] == "supervised" and prov["Description"]
+    estimator = SupervisedDual(SETTINGS, simulated_samples=SIMULATED)
+    prov = estimation_record(estimator, supervised_run, 1.0).to_json()
+    assert prov["Method"] == "supervised" and prov["Description"] and prov["Reference"].startswith("Bray")
     assert prov["TrainingSettings"] == dataclasses.asdict(SETTINGS)
-    sim = prov["SimulatedTrainingSet"]
+    sim = prov["Details"]["SimulatedTrainingSet"]
     assert sim["SamplesPerNetwork"] == SIMULATED
     assert sim["TrainingSamplesPerNetwork"] + sim["ValidationSamplesPerNetwork"] == SIMULATED
     assert sim["SNRRange"] == [20.0, 120.0] and sim["R2starRangePerSecond"] == [0.0, 500.0]
@@ -189,8 +193,8 @@ def test_same_seed_gives_identical_outputs_and_training_ignores_the_voxels(easy)
     first, second = run(signals, 0), run(signals, 0)
     for key in ("pdff", "r2star_s", "s0", "log_likelihood_ratio", "chose_fat"):
         np.testing.assert_array_equal(getattr(first, key), getattr(second, key))
-    for a, b in zip(first.provenance["Networks"], second.provenance["Networks"]):
-        assert a["TrainLoss"] == b["TrainLoss"] and a["ValidationLoss"] == b["ValidationLoss"]
+    for a, b in zip(first.networks, second.networks):
+        assert a.train_loss == b.train_loss and a.validation_loss == b.validation_loss
     # The training set depends on the acquisition and the seed only, never on the run's voxels.
     other = run(signals[:300] * 0.5, 0)
     for kind in ("water", "fat"):

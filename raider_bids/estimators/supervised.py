@@ -18,18 +18,19 @@ simulated (how many signals, which distribution) is this module's own fixed reci
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import torch
 
-from ..batching import chunk_slices
-from ..likelihood import rician_nll_per_voxel
-from ..signal_model import Acquisition, magnitude_signal
-from ..transforms import PDFF_BOUNDARY, PDFF_RANGES
-from .base import Estimates, ProgressCallback, TrainingSettings, choose_by_likelihood
-from .dual_network import network_file
-from .networks import PhysicsAutoencoder, TrainingHistory, early_stopping, inference_chunk, normalise
+from ..config import METHODS, TrainingSettings
+from ..physics.likelihood import rician_nll_per_voxel
+from ..physics.parameters import PDFF_RANGES
+from ..physics.signal_model import Acquisition, least_squares_s0, magnitude_signal
+from ..physics.simulation import simulate_magnitude
+from ..provenance import NetworkRecord
+from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
+from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise
+from .self_supervised import network_file
+from .training import early_stopping, validation_size
 
 KINDS = ("water", "fat")
 R2STAR_RANGE_S = (0.0, 500.0)
@@ -42,36 +43,28 @@ R2STAR_LOSS_SCALE_S = 500.0
 LOSS = f"MSE(PDFF) + MSE(R2* / {R2STAR_LOSS_SCALE_S:g} 1/s)"
 
 
-class SupervisedDual:
+class SupervisedDual(Estimator):
     """Dual supervised networks trained on simulated signals (RAIDER)."""
 
-    name = "supervised"
-    networks = KINDS
-    description = ("dual supervised networks (RAIDER), water (PDFF <= 0.58) and fat (PDFF >= 0.58), trained on "
-                   "signals simulated for the run's echo times and field strength with an MSE loss on PDFF and "
-                   "R2*; S0 refitted by least squares; chosen per voxel by Rician likelihood")
-    reference = ("Bray TJP, Minore GV, Bainbridge A, Dwyer-Hemmings L, Taylor SA, Hall-Craggs MA, Zhang H. "
-                 "RAIDER: Rapid, anatomy-independent, deep learning-based PDFF and R2* estimation using "
-                 "magnitude-only signals. arXiv:2403.01178, 2024.")
+    method = METHODS["supervised"]
 
-    def __init__(self, settings: TrainingSettings = TrainingSettings(), *,
-                 simulated_samples: int = SIMULATED_SAMPLES):
-        self.settings = settings
+    def __init__(self, training: TrainingSettings, *, simulated_samples: int = SIMULATED_SAMPLES):
+        self.training = training
         self.simulated_samples = simulated_samples
 
     def train(self, acquisition: Acquisition, *, seed: int, device: torch.device,
-              progress: ProgressCallback | None = None) -> tuple[PhysicsAutoencoder, list[TrainingHistory], dict]:
+              progress: ProgressCallback | None = None) -> tuple[PhysicsAutoencoder, list[NetworkRecord], dict]:
         """Simulate the training set for `acquisition` and train both networks; returns the model
         (its S0 output is unused), the histories and the simulation's description."""
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
-        n_val = min(max(1, round(self.settings.validation_fraction * self.simulated_samples)),
-                    self.simulated_samples - 1, self.settings.max_validation_voxels or self.simulated_samples)
+        n_val = validation_size(self.simulated_samples, self.training.validation_fraction,
+                                self.training.max_validation_voxels)
         sets = [simulate_training_set(acquisition, PDFF_RANGES[kind], self.simulated_samples, rng) for kind in KINDS]
         x = torch.stack([normalise(signals, 1.0, device)[0] for signals, _ in sets])  # (K, N, E)
         y = torch.stack([torch.as_tensor(labels, dtype=torch.float32, device=device) for _, labels in sets])  # (K, N, 2)
         model = PhysicsAutoencoder(acquisition, KINDS, generator).to(device)
-        histories = train_supervised(model, x[:, n_val:], y[:, n_val:], x[:, :n_val], y[:, :n_val], self.settings,
+        histories = train_supervised(model, x[:, n_val:], y[:, n_val:], x[:, :n_val], y[:, :n_val], self.training,
                                      generator, (seed,) * len(KINDS), progress)
         simulation = {
             "SamplesPerNetwork": self.simulated_samples, "TrainingSamplesPerNetwork": self.simulated_samples - n_val,
@@ -93,18 +86,13 @@ class SupervisedDual:
         estimates = choose_by_likelihood(water, fat)
         estimates.weights = {kind: network_file(model, k, acquisition) | {"training": f"supervised: {LOSS}"}
                              for k, kind in enumerate(KINDS)}
-        estimates.provenance = {
-            "Method": self.name, "Description": self.description, "Reference": self.reference,
-            "TrainingSettings": asdict(self.settings),
+        estimates.training, estimates.networks = self.training, histories
+        estimates.details = {
             "TrainingRecipe": ("Adam on " + LOSS + " with the TrainingSettings above (learning rate, batch size, "
                                "steps per epoch, cosine annealing, patience, max epochs); early stopping on the "
                                "simulated validation set, best weights restored"),
             "SimulatedTrainingSet": simulation,
             "S0": "refitted per voxel by linear least squares given the predicted PDFF and R2*, clamped at 0",
-            "PDFFBoundary": PDFF_BOUNDARY,
-            "Networks": [h.to_dict() | {"Loss": LOSS} for h in histories],
-            "ShareChoosingFat": float(estimates.chose_fat.mean()),
-            "ShareChoosingWater": float(1 - estimates.chose_fat.mean()),
         }
         return estimates
 
@@ -115,9 +103,7 @@ def simulate_training_set(acquisition: Acquisition, pdff_range: tuple[float, flo
     pdff = rng.uniform(*pdff_range, n)
     r2 = rng.uniform(*R2STAR_RANGE_S, n)
     sigma = 1.0 / rng.uniform(*SNR_RANGE, n)
-    clean = magnitude_signal(acquisition, np.ones(n), pdff, r2)
-    noise = rng.normal(size=clean.shape + (2,)) * sigma[:, None, None]
-    return np.hypot(clean + noise[..., 0], noise[..., 1]), np.stack([pdff, r2], axis=1)
+    return simulate_magnitude(acquisition, np.ones(n), pdff, r2, sigma, rng), np.stack([pdff, r2], axis=1)
 
 
 def _losses(model: PhysicsAutoencoder, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -128,41 +114,36 @@ def _losses(model: PhysicsAutoencoder, x: torch.Tensor, y: torch.Tensor) -> torc
 
 
 def _validation_losses(model: PhysicsAutoencoder, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    def weighted(sl: slice) -> torch.Tensor:
+        return _losses(model, x[:, sl], y[:, sl]).double().cpu() * (sl.stop - sl.start)
+
     total = torch.zeros(x.shape[0], dtype=torch.float64)
-    with torch.no_grad():
-        for sl in chunk_slices(x.shape[1], inference_chunk(model)):
-            total += _losses(model, x[:, sl], y[:, sl]).double().cpu() * (sl.stop - sl.start)
+    for part in evaluate_in_chunks(model, x.shape[1], weighted):
+        total += part
     return (total / x.shape[1]).tolist()
 
 
 def train_supervised(model: PhysicsAutoencoder, x_train: torch.Tensor, y_train: torch.Tensor,
                      x_val: torch.Tensor, y_val: torch.Tensor, settings: TrainingSettings,
                      generator: torch.Generator, seeds: tuple[int, ...],
-                     progress: ProgressCallback | None = None) -> list[TrainingHistory]:
+                     progress: ProgressCallback | None = None) -> list[NetworkRecord]:
     """Supervised training; network k sees only its own set x_*[k] (K, N, E), y_*[k] (K, N, 2)."""
     rows = torch.arange(len(model.kinds), device=x_train.device)[:, None]
     return early_stopping(model, x_train.shape[1], lambda idx: _losses(model, x_train[rows, idx], y_train[rows, idx]),
-                          lambda: _validation_losses(model, x_val, y_val), settings, generator, seeds, progress)
+                          lambda: _validation_losses(model, x_val, y_val), settings, generator, seeds, LOSS,
+                          progress)
 
 
 def predict_parameters(model: PhysicsAutoencoder, signals: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """PDFF and R2* (1/s), each (K, N) float64, of every network for magnitudes (N, E)."""
     x = normalise(signals, 1.0, device)[0]
-    pdff, r2 = [], []
-    model.eval()
-    with torch.no_grad():
-        for sl in chunk_slices(x.shape[0], inference_chunk(model)):
-            _, p, r = model.parameters_of(x[sl])
-            pdff.append(p.double().cpu())
-            r2.append(r.double().cpu())
+
+    def evaluate(sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        _, p, r = model.parameters_of(x[sl])
+        return p.double().cpu(), r.double().cpu()
+
+    pdff, r2 = zip(*evaluate_in_chunks(model, x.shape[0], evaluate))
     return torch.cat(pdff, dim=1).numpy(), torch.cat(r2, dim=1).numpy()
-
-
-def least_squares_s0(signals: np.ndarray, shapes: np.ndarray) -> np.ndarray:
-    """argmin_S0 ||m - S0 b||^2 = <m, b> / <b, b> per voxel, clamped at 0 (0 where b vanishes)."""
-    bb = (shapes * shapes).sum(axis=1)
-    mb = (signals * shapes).sum(axis=1)
-    return np.where(bb > 0, np.maximum(mb, 0.0) / np.where(bb > 0, bb, 1.0), 0.0)
 
 
 def predict_candidates(model: PhysicsAutoencoder, signals: np.ndarray, acquisition: Acquisition, sigma: float,
@@ -171,12 +152,12 @@ def predict_candidates(model: PhysicsAutoencoder, signals: np.ndarray, acquisiti
     pdff, r2 = predict_parameters(model, signals, device)
     candidates = []
     for k in range(len(model.kinds)):
-        s0, nll = np.empty(len(signals)), np.empty(len(signals))
-        for sl in chunk_slices(len(signals), inference_chunk(model)):
+        def evaluate(sl: slice) -> tuple[np.ndarray, np.ndarray]:
             m = np.asarray(signals[sl], dtype=np.float64)
             shapes = magnitude_signal(acquisition, np.ones(m.shape[0]), pdff[k, sl], r2[k, sl])
-            s0[sl] = least_squares_s0(m, shapes)
-            nll[sl] = rician_nll_per_voxel(torch.from_numpy(m), torch.from_numpy(s0[sl, None] * shapes),
-                                           sigma).numpy()
+            s0 = least_squares_s0(m, shapes, axis=1)
+            return s0, rician_nll_per_voxel(torch.from_numpy(m), torch.from_numpy(s0[:, None] * shapes), sigma).numpy()
+
+        s0, nll = (np.concatenate(part) for part in zip(*evaluate_in_chunks(model, len(signals), evaluate)))
         candidates.append({"s0": s0, "pdff": pdff[k], "r2star_s": r2[k], "nll": nll})
     return candidates

@@ -1,28 +1,21 @@
-"""Command line: `raider-bids bids_dir output_dir participant [options]` (BIDS-Apps conventions)."""
+"""The command line's parser and its checks: the options, their validators, and the frozen
+Config they make. Torch-free, so that --help and --version answer at once."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import logging
-import os
-import signal
 import sys
-import tempfile
-import threading
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .bids_io import check_labels
-from .config import Config
-from .errors import OutputError, RaiderError, UnknownLevelError, UsageError
-from .estimators import DEFAULT_TRAINING, ESTIMATORS, TRAINING_PRESETS
-from .fat_spectrum import PRESETS
-from .resources import parse_memory
+from .. import __version__
+from ..bids_io.raw import check_labels
+from ..config import DEFAULT_TRAINING, DEVICES, METHODS, TRAINING_PRESETS, Config
+from ..errors import UnknownLevelError, UsageError
+from ..physics.fat_spectrum import PRESETS
+from ..resources import parse_memory
 
-log = logging.getLogger("raider_bids")
 ANALYSIS_LEVELS = ("participant", "group")
 _DEFAULTS = Config(Path("."), Path("."))
 
@@ -128,12 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "of the automatic one")
 
     est = p.add_argument_group("estimation")
-    est.add_argument("--method", nargs="+", choices=sorted(ESTIMATORS), default=list(_DEFAULTS.methods),
+    est.add_argument("--method", nargs="+", choices=sorted(METHODS), default=list(_DEFAULTS.methods),
                      metavar="METHOD",
-                     help="estimator(s): ssl = the paper's dual self-supervised networks; fit = conventional "
-                          "two-start Rician maximum-likelihood fit (MAGORINO); supervised = dual networks trained "
-                          "on simulated signals (RAIDER); single = one unconstrained network (the naive "
-                          "baseline). Several (e.g. --method ssl fit supervised): each method's maps are written "
+                     help="estimator(s): " + "; ".join(f"{m.name} = {m.summary}" for m in METHODS.values())
+                          + ". Several (e.g. --method ssl fit supervised): each method's maps are written "
                           "as desc-<method> variants, the first's also under the plain names, and the report "
                           "compares the others with the first")
     est.add_argument("--write-candidates", action="store_true",
@@ -157,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed of weights, split and shuffling: the same seed on CPU gives identical maps")
 
     res = p.add_argument_group("resources")
-    res.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_DEFAULTS.device,
+    res.add_argument("--device", choices=DEVICES, default=_DEFAULTS.device,
                      help="auto = cuda when available; CPU and GPU results differ slightly")
     res.add_argument("--nprocs", "--nthreads", type=_positive_int, dest="nprocs",
                      help="CPU threads for torch; default: all available")
@@ -203,156 +194,3 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         write_candidates=args.write_candidates,
         training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs, mem_bytes=args.mem,
         command_line=("raider-bids", *argv))
-
-
-class EpochReporter:
-    """Training progress: a bar on a terminal, plain log lines (every 10th epoch) otherwise."""
-
-    def __init__(self, run_name: str, max_epochs: int):
-        self.run_name = run_name
-        self.max_epochs = max_epochs
-        self.bar = None
-        self.interactive = sys.stderr.isatty()
-
-    def __call__(self, epoch: int, validation_loss: dict[str, float]) -> None:
-        losses = ", ".join(f"{name} {loss:.5g}" for name, loss in validation_loss.items())
-        if self.interactive:
-            from tqdm import tqdm
-
-            if self.bar is None or epoch == 1:
-                self.bar = tqdm(total=self.max_epochs, desc=f"{self.run_name} training", unit="epoch",
-                                leave=False, file=sys.stderr)
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"validation loss {losses}")
-        level = logging.INFO if (epoch == 1 or epoch % 10 == 0) and not self.interactive else logging.DEBUG
-        log.log(level, "%s: epoch %d, validation loss %s", self.run_name, epoch, losses)
-
-
-_LOG_FORMAT = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
-
-
-def _add_log_handler(handler: logging.Handler) -> None:
-    handler.setFormatter(_LOG_FORMAT)
-    log.addHandler(handler)
-
-
-def _setup_logging(verbosity: int) -> None:
-    _close_logging()
-    _add_log_handler(logging.StreamHandler(sys.stderr))
-    log.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
-    log.propagate = False
-
-
-def _log_to_work_dir(work_dir: Path) -> None:
-    try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        _add_log_handler(logging.FileHandler(work_dir / "raider-bids.log"))
-    except OSError as exc:
-        raise OutputError(f"{work_dir}: cannot use as work directory ({exc.strerror or exc})") from None
-
-
-def _close_logging() -> None:
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
-
-
-# Caches that libraries create on first use (matplotlib's font list; the directory torch's
-# optimisers create through torch._inductor): they go to the work dir or a temporary directory
-# removed at exit, never to HOME or /tmp, since the app writes only to its output and work dirs.
-_CACHE_VARIABLES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
-
-
-@contextlib.contextmanager
-def _cache_dirs(work_dir: Path | None):
-    """Point every unset cache variable into the work dir, or into a temporary directory removed
-    at exit. Variables already set (as in the container image) are kept."""
-    unset = [v for v in _CACHE_VARIABLES if not os.environ.get(v)]
-    with contextlib.ExitStack() as stack:
-        root = work_dir
-        if root is None and unset:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raider-bids-cache-")))
-        try:
-            for variable in unset:
-                os.environ[variable] = str(root / _CACHE_VARIABLES[variable])  # type: ignore[operator]
-            yield root
-        finally:
-            for variable in unset:
-                os.environ.pop(variable, None)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    stack = contextlib.ExitStack()
-    try:
-        stack.enter_context(_sigterm_as_exception())
-        config = config_from_args(args, argv)
-        if config.work_dir:
-            _log_to_work_dir(config.work_dir)
-        if config.nprocs:
-            import torch
-
-            torch.set_num_threads(config.nprocs)
-        scratch = stack.enter_context(_cache_dirs(config.work_dir))
-        from .workflows import group, participant
-
-        log.debug("library caches in %s", scratch)
-
-        log.info("raider-bids %s %s: %s -> %s", __version__, config.analysis_level, config.bids_dir,
-                 config.output_dir)
-        if config.analysis_level == "group":
-            group(config)
-            return 0
-        result = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
-        log.info("done: %d run(s) processed, %d skipped (already finished), %d failed%s; outputs in %s",
-                 len(result.finished), len(result.skipped), len(result.failed),
-                 f" ({', '.join(result.failed)})" if result.failed else "", config.output_dir)
-        return result.exit_code
-    except RaiderError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("raider-bids: interrupted", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print("raider-bids: terminated (SIGTERM); unfinished runs left no outputs", file=sys.stderr)
-        return 143
-    finally:
-        stack.close()
-        _close_logging()
-
-
-def run() -> None:
-    """The command's entry point: exits with main's code without the interpreter's teardown of the
-    libraries (about 0.5 s for torch alone), since by then every output is written and closed."""
-    code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
-            pass
-    os._exit(code)
-
-
-class _Terminated(BaseException):
-    """SIGTERM (a scheduler's time limit or scancel) raised as an exception, so that the cleanup of
-    unfinished runs and temporary files runs before exiting."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_as_exception():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

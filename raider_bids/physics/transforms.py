@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import torch
 
-PDFF_BOUNDARY = 0.58  # b: splits water- and fat-dominant solutions of a degenerate pair
-
-# Which sub-space of PDFF each kind of network may predict.
-PDFF_RANGES: dict[str, tuple[float, float]] = {
-    "water": (0.0, PDFF_BOUNDARY),
-    "fat": (PDFF_BOUNDARY, 1.0),
-    "full": (0.0, 1.0),  # the naive, unconstrained baseline
-}
+from .parameters import PDFF_BOUNDARY, PDFF_RANGES
 
 
 def pdff_transform(x: torch.Tensor, kind: str, boundary: float = PDFF_BOUNDARY) -> torch.Tensor:
-    """Map an unbounded bottleneck output to PDFF in the kind's range."""
+    """Map an unbounded bottleneck output to PDFF in the kind's range (PDFF_RANGES)."""
     s = (torch.sin(x) + 1.0) / 2.0  # in [0, 1]
     if kind == "water":
         return boundary * s

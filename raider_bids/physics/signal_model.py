@@ -62,13 +62,11 @@ def magnitude_signal(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray,
         return model(as_t(s0), as_t(pdff), as_t(r2star_s)).numpy()
 
 
-def simulate_magnitude(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray, r2star_s: np.ndarray,
-                       sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Noisy magnitudes (N, n_echoes): complex Gaussian noise of std `sigma` per channel.
-
-    The noise-free complex signal's phase is irrelevant to the magnitude's distribution, so it is
-    placed on the real axis.
-    """
-    clean = magnitude_signal(acquisition, s0, pdff, r2star_s)
-    noise = rng.normal(0.0, sigma, size=clean.shape + (2,))
-    return np.hypot(clean + noise[..., 0], noise[..., 1])
+def least_squares_s0(m, shapes, axis: int = -1, energy=None):
+    """argmin_S0 |m - S0 b|^2 = <m, b> / <b, b> for magnitudes m and shapes b (|S| / S0) along
+    `axis` (the echoes), clamped at 0, and 0 where b vanishes; `energy` is <b, b> when known.
+    NumPy arrays and torch tensors alike (only operators, so both give the same bits)."""
+    mb = (m * shapes).sum(axis)
+    bb = (shapes * shapes).sum(axis) if energy is None else energy
+    # (x + |x|) / 2 is max(x, 0) exactly; bb + (bb == 0) keeps 0 / 0 away where b = 0 (then mb = 0).
+    return (mb + abs(mb)) / 2 / (bb + (bb == 0))

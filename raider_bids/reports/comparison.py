@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .transforms import PDFF_BOUNDARY
+from ..physics.parameters import PDFF_BOUNDARY
 
 # statistic -> (description, units): the keys of agreement(), in the order reports show them.
 AGREEMENT = {

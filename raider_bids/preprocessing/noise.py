@@ -10,30 +10,19 @@ interpolation made the noise spatially correlated (both break background and spa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import special
 
-from .errors import InputDataError
-from .estimators.model_fitting import fit_voxels
-from .signal_model import Acquisition
+from ..errors import InputDataError
+from ..physics.signal_model import Acquisition
+from ..physics.solver import fit_voxels
+from ..provenance import NoiseRecord
 
 MIN_SNR_FOR_GAUSSIAN = 5.0
 
 
-@dataclass(frozen=True)
-class NoiseEstimate:
-    sigma: float
-    method: str
-    n_voxels: int
-
-    def to_dict(self) -> dict:
-        return {"Sigma": self.sigma, "Method": self.method, "NumberOfVoxels": self.n_voxels}
-
-
 def estimate_sigma(signals: np.ndarray, acquisition: Acquisition, rng: np.random.Generator,
-                   max_voxels: int = 20000) -> NoiseEstimate:
+                   max_voxels: int = 20000) -> NoiseRecord:
     """Sigma from foreground magnitudes `signals` of shape (N, n_echoes)."""
     n_voxels, n_echoes = signals.shape
     dof = n_echoes - 3
@@ -56,4 +45,4 @@ def estimate_sigma(signals: np.ndarray, acquisition: Acquisition, rng: np.random
     if not np.isfinite(sigma) or sigma <= 1e-6 * float(np.median(signals)):
         raise InputDataError("the automatic noise estimate failed (the echoes fit the model exactly?): "
                              "give --sigma")
-    return NoiseEstimate(sigma, "model-residual", used)
+    return NoiseRecord(sigma, "model-residual", used)

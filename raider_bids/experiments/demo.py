@@ -17,9 +17,10 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from .fat_spectrum import PRESETS
-from .signal_model import Acquisition, simulate_magnitude
-from .transforms import PDFF_BOUNDARY
+from ..physics.fat_spectrum import PRESETS
+from ..physics.parameters import PDFF_BOUNDARY
+from ..physics.signal_model import Acquisition
+from ..physics.simulation import simulate_magnitude
 
 # The paper's in vivo protocol (Sec. 3.3): 3 T, six echoes, TE1 = dTE = 1.15 ms.
 ECHO_TIMES_S = tuple(1.15e-3 * (i + 1) for i in range(6))
@@ -140,7 +141,7 @@ def compare(truth: dict[str, np.ndarray], maps: dict[str, np.ndarray], mask: np.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import main as cli_main
+    from ..cli import main as cli_main
 
     parser = argparse.ArgumentParser(prog="raider-bids-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

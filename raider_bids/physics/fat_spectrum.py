@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputDataError, UsageError
+from ..errors import InputDataError, UsageError
 
 GYROMAGNETIC_RATIO_HZ_PER_T = 42.577478e6  # 1H
 
@@ -38,7 +38,6 @@ PRESETS: dict[str, FatSpectrum] = {
     "ismrm": FatSpectrum("ismrm", (-3.80, -3.40, -2.60, -1.94, -0.39, 0.60),
                          (0.087, 0.694, 0.128, 0.004, 0.039, 0.048)),
 }
-DEFAULT_SPECTRUM = "hernando"
 
 
 def load_fat_spectrum(name_or_path: str) -> FatSpectrum:

@@ -11,24 +11,21 @@ Gauss-Newton step of the likelihood, whose stationary point is the Rician ML est
 Speed: a start's iterations depend on that start alone, so LM runs on a pool of starts that is
 topped up from the grid as starts finish: torch's calls stay large, and slow starts hold nothing up.
 Tensors are echo-major, (E, n), so sums over echoes add contiguous rows; the 3 x 3 systems are
-solved in closed form and the Bessel functions summed from their asymptotic series.
+solved in closed form and the Bessel functions summed from their asymptotic series (likelihood).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from ..batching import chunk_slices
-from ..resources import chunk_voxels
-from ..likelihood import _MIN_PREDICTED
-from ..signal_model import Acquisition, SignalModel
-from ..transforms import PDFF_BOUNDARY
+from ..resources import chunk_slices, chunk_voxels
+from .likelihood import rician_nll_echo_major
+from .parameters import PDFF_BOUNDARY, R2STAR_MAX_S
+from .signal_model import Acquisition, SignalModel, least_squares_s0
 
-R2STAR_MAX_S = 2000.0  # 1/s; MAGORINO's bound (2 ms^-1)
 R2STAR_GRID_MAX_S = 1500.0
 GRID_PDFF_POINTS = 21  # per PDFF range
 GRID_R2STAR_POINTS = 31  # over 0..R2STAR_GRID_MAX_S
@@ -40,8 +37,6 @@ RICIAN_RERANK = 8  # grid points re-scored with the Rician loss
 RICIAN_SNR = 10.0  # below this many sigma at some echo, the grid is ranked by the Rician loss
 _GRID_CHUNK = 2048  # at most, voxels scored on the grid at once
 _POOL = 32768  # at most, starts iterated at once: large calls for torch's threads, small enough for the cache
-_ASYMPTOTIC_Z = 40.0  # Bessel arguments from which the asymptotic series is used
-_SERIES_TERMS = 12  # enough from _ASYMPTOTIC_Z on
 
 
 @dataclass
@@ -91,51 +86,6 @@ class _Model:
         return f.T, jac.permute(2, 1, 0)
 
 
-def _hankel_series(order: int) -> list[float]:
-    """c_k of I_order(z) e^-z sqrt(2 pi z) ~ sum_k c_k (8z)^-k (Abramowitz & Stegun 9.7.1)."""
-    c = [1.0]
-    for k in range(1, _SERIES_TERMS + 2):  # one more than used, for the error estimate
-        c.append(c[-1] * ((2 * k - 1) ** 2 - 4 * order**2) / k)
-    return c
-
-
-_I0_SERIES, _I1_SERIES = _hankel_series(0), _hankel_series(1)
-# The error of k terms is about twice the first term left out: this coefficient times u^(k + 1).
-_NEXT_TERM = [max(abs(a), abs(b)) for a, b in zip(_I0_SERIES[1:], _I1_SERIES[1:])]
-
-
-def _horner(u: torch.Tensor, coefficients: list[float]) -> torch.Tensor:
-    p = torch.full_like(u, coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        p.mul_(u).add_(c)
-    return p
-
-
-def _log_i0e_and_ratio(z: torch.Tensor, ratio: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log(i0e(z)) and, if `ratio`, I1(z) / I0(z), for z >= 0.
-
-    torch's i0e and i1e sum a Chebyshev series element by element (~50 ns each, one thread);
-    from z = 40 the asymptotic series is exact to 1e-16 in a few vectorised passes, with fewer
-    terms the larger the smallest argument, so only the few smaller arguments go through torch."""
-    z_min = float(z.min()) if z.numel() else _ASYMPTOTIC_Z
-    large = z.clamp_min(_ASYMPTOTIC_Z)
-    u = (8 * large).reciprocal_()
-    u_max = 1 / (8 * max(z_min, _ASYMPTOTIC_Z))
-    terms = next((k for k in range(1, _SERIES_TERMS) if _NEXT_TERM[k] * u_max ** (k + 1) < 5e-17), _SERIES_TERMS)
-    p0 = _horner(u, _I0_SERIES[:terms + 1])
-    log_i0e = (p0 * p0).div_(2 * math.pi * large).log_().mul_(0.5)
-    i1_over_i0 = _horner(u, _I1_SERIES[:terms + 1]).div_(p0) if ratio else None
-    if not z_min >= _ASYMPTOTIC_Z:  # (or NaN) redo the columns (all echoes of a start or candidate) needing it
-        z = z.reshape(z.shape[0], -1)
-        columns = (z.amin(dim=0) < _ASYMPTOTIC_Z).nonzero()[:, 0]
-        small = _take(z, columns)
-        i0e = torch.special.i0e(small)
-        log_i0e.view_as(z).index_copy_(1, columns, i0e.log())
-        if ratio:
-            i1_over_i0.view_as(z).index_copy_(1, columns, torch.special.i1e(small) / i0e)
-    return log_i0e, i1_over_i0
-
-
 class _Loss:
     """Loss per voxel and the 'residual' whose J' product is its descent direction."""
 
@@ -144,8 +94,8 @@ class _Loss:
         self.gain_scale = 1.0 if sigma is None else 1 / (2 * sigma**2)  # near the estimate, loss ~ this x RSS
 
     def value(self, m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """(E, ...) magnitudes and predictions -> (...): the residual sum of squares, or
-        likelihood.rician_nll_per_voxel."""
+        """(E, ...) magnitudes and predictions -> (...): the residual sum of squares, or the
+        Rician NLL without constant terms (likelihood.rician_nll_echo_major)."""
         return self(m, f, residual=False)[0]
 
     def __call__(self, m: torch.Tensor, f: torch.Tensor,
@@ -154,11 +104,7 @@ class _Loss:
         if self.sigma is None:
             difference = m - f
             return (difference * difference).sum(dim=0), difference
-        var = self.sigma**2
-        nu = f.clamp_min(_MIN_PREDICTED * self.sigma)  # as likelihood.rician_log_likelihood
-        log_i0e, ratio = _log_i0e_and_ratio(m * nu / var, ratio=residual)
-        value = (m - nu).square_().div_(2 * var).sub_(log_i0e).sum(dim=0)
-        return value, ratio.mul_(m).sub_(f) if residual else None
+        return rician_nll_echo_major(m, f, self.sigma, score=residual)
 
 
 def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float] = (0.0, 1.0),
@@ -262,7 +208,7 @@ class _Grid:
         second = (b != a).nonzero()[:, 0]
         m, point = torch.cat([m, _take(m, second)], dim=1), torch.cat([a, _take(b, second)])
         basis = _take(self.basis, point)
-        s0 = ((m * basis).sum(dim=0) / _take(self.norm, point) ** 2).clamp_min(0)
+        s0 = least_squares_s0(m, basis, axis=0, energy=_take(self.norm, point) ** 2)
         theta = torch.stack([s0, _take(self.pdff, point), _take(self.r2star, point)])
         return _Starts.new(torch.cat([index, n + _take(index, second)]), m, theta, problem)
 

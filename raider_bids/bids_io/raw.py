@@ -17,7 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, UsageError
+from ..errors import InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from .fat_spectrum import PRESETS
-from .signal_model import Acquisition, simulate_magnitude
-from .transforms import PDFF_BOUNDARY
+from ..physics.fat_spectrum import PRESETS
+from ..physics.parameters import PDFF_BOUNDARY
+from ..physics.signal_model import Acquisition
+from ..physics.simulation import simulate_magnitude
 
 ECHO_TIMES_S = tuple(1.15e-3 * k for k in range(1, 7))
 FIELD_STRENGTH_T = 3.0
@@ -151,7 +152,7 @@ def run_experiment(directory: Path, repetitions: int = 100, seeds: Sequence[int]
                    extra: Sequence[str] = (), supervised: bool = False) -> dict[str, dict[str, float]]:
     """Write the grid, run every method through the app, evaluate; returns the summary per method.
     With `supervised`, also the supervised (RAIDER) dual networks and their candidates."""
-    from .cli import main as app
+    from ..cli import main as app
 
     bids_dir = directory / "bids"
     mask = write_grid_dataset(bids_dir, repetitions)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .derivatives import MAPS
+from ..physics.parameters import PARAMETERS
 
 # Table name of each map -> its suffix in the participant-level outputs.
-STATISTIC_MAPS = {"PDFF": "PDFFmap", "R2star": "R2starmap", "S0": "S0map"}
+STATISTIC_MAPS = {p.name: p.suffix for p in PARAMETERS}
+_UNITS = {p.name: p.units for p in PARAMETERS}
 STATISTICS = ("mean", "median", "stdv", "p05", "p95", "mad")
 COLUMNS = ["participant_id", "session_id", "run", "source", "roi", "roi_source", "map", "method", "units",
            "n_roi_voxels", "n_voxels", *STATISTICS]
@@ -60,13 +61,13 @@ def roi_rows(run_entities: dict[str, str], source: str, method: str, maps: dict[
     """One row per ROI x map; `maps` by table name (PDFF, R2star, S0), all on the grid of `foreground`."""
     rows = []
     for roi in rois:
-        for name, suffix in STATISTIC_MAPS.items():
+        for name in STATISTIC_MAPS:
             values = maps[name][roi.voxels & foreground]
             values = values[np.isfinite(values)]
             rows.append({"participant_id": f"sub-{run_entities['sub']}",
                          "session_id": f"ses-{run_entities['ses']}" if "ses" in run_entities else None,
                          "run": run_entities.get("run"), "source": source, "roi": roi.name,
-                         "roi_source": roi.source, "map": name, "method": method, "units": MAPS[suffix][1],
+                         "roi_source": roi.source, "map": name, "method": method, "units": _UNITS[name],
                          "n_roi_voxels": int(roi.voxels.sum()), "n_voxels": int(values.size),
                          **summarise(values)})
     return rows

@@ -10,14 +10,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .bids_io import parse_entities, read_volume
-from .errors import InputDataError, MissingInputError
+from ..errors import InputDataError, MissingInputError
+from .raw import AFFINE_TOLERANCE_MM, parse_entities, read_volume
 
 # Entities that describe the ROI itself rather than which acquisition it belongs to.
 DESCRIPTIVE_ENTITIES = frozenset({"label", "desc", "space", "atlas", "res", "den", "seg", "hemi"})
 # Index entities are numbers (run-1 = run-01); labels (sub, ses, acq, ...) compare as written.
 INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk", "split"})
-_AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def load_rois(roi_files: list[RoiFile], reference: nib.Nifti1Image, target: Path
     rois = []
     for roi_file in roi_files:
         image, data = read_volume(roi_file.path, "the ROI image")
-        if data.shape != shape or not np.allclose(image.affine, reference.affine, atol=_AFFINE_TOLERANCE_MM):
+        if data.shape != shape or not np.allclose(image.affine, reference.affine, atol=AFFINE_TOLERANCE_MM):
             raise InputDataError(f"{roi_file.path}: ROI on another grid than {target.name} (shape "
                                  f"{data.shape} vs {shape}, or a different affine); resample it to the "
                                  "MEGRE grid")

@@ -1,0 +1,121 @@
+"""Self-supervised networks trained on the run's own voxels with the Rician likelihood: the
+paper's 'water' and 'fat' pair, chosen per voxel by likelihood (Sec. 3.1-3.2), and the naive
+single network with PDFF free in [0, 1]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import METHODS, TrainingSettings
+from ..physics.likelihood import rician_nll_per_voxel
+from ..physics.parameters import PDFF_BOUNDARY
+from ..physics.signal_model import Acquisition
+from ..provenance import DEFAULT_NETWORK_LOSS, NetworkRecord
+from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
+from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise, per_network_nll
+from .training import early_stopping, split_indices
+
+
+class SelfSupervisedDual(Estimator):
+    """Dual constrained self-supervised networks (Minore et al. 2025)."""
+
+    method = METHODS["ssl"]
+
+    def __init__(self, training: TrainingSettings):
+        self.training = training
+
+    def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
+            device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
+        trained = train_networks(signals, acquisition, sigma, self.method.networks, seed, device, self.training,
+                                 progress)
+        water, fat = predict(trained.model, trained.x, trained.sigma, trained.scale)
+        estimates = choose_by_likelihood(water, fat)
+        trained.describe(estimates, acquisition)
+        return estimates
+
+
+class SingleNetwork(Estimator):
+    """The naive baseline: one self-supervised network with PDFF free in [0, 1] (paper Fig. 4, 5).
+    It lands on the water- or the fat-dominant solution unpredictably."""
+
+    method = METHODS["single"]
+
+    def __init__(self, training: TrainingSettings):
+        self.training = training
+
+    def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
+            device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
+        trained = train_networks(signals, acquisition, sigma, self.method.networks, seed, device, self.training,
+                                 progress)
+        (single,) = predict(trained.model, trained.x, trained.sigma, trained.scale)
+        estimates = Estimates(pdff=single["pdff"], r2star_s=single["r2star_s"], s0=single["s0"],
+                              log_likelihood_ratio=None, chose_fat=single["pdff"] >= PDFF_BOUNDARY)
+        trained.describe(estimates, acquisition)
+        return estimates
+
+
+@dataclass
+class TrainedNetworks:
+    model: PhysicsAutoencoder
+    histories: list[NetworkRecord]
+    x: torch.Tensor  # normalised signals (N, E)
+    sigma: torch.Tensor  # normalised sigma (N, 1)
+    scale: np.ndarray  # (N,) normalisation factors
+    settings: TrainingSettings
+    n_train: int
+    n_validation: int
+
+    def describe(self, estimates: Estimates, acquisition: Acquisition) -> None:
+        """Put the weights and the training's record into `estimates`."""
+        estimates.weights = {kind: network_file(self.model, k, acquisition) for k, kind in enumerate(self.model.kinds)}
+        estimates.training, estimates.networks = self.settings, self.histories
+        estimates.details = {"TrainingVoxels": self.n_train, "ValidationVoxels": self.n_validation}
+
+
+def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, kinds: tuple[str, ...],
+                   seed: int, device: torch.device, settings: TrainingSettings,
+                   progress: ProgressCallback | None) -> TrainedNetworks:
+    """Normalise, split and train one network per kind on the voxels `signals` (N, E) by the
+    Rician NLL (voxels shared by the networks)."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x, sig, scale = normalise(signals, sigma, device)
+    train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng, settings.max_validation_voxels)
+    train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
+    model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
+    x_train, sigma_train, x_val, sigma_val = x[train_t], sig[train_t], x[val_t], sig[val_t]
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx]).mean(dim=1)
+
+    histories = early_stopping(model, x_train.shape[0], batch_loss,
+                               lambda: per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist(),
+                               settings, generator, (seed,) * len(kinds), DEFAULT_NETWORK_LOSS, progress)
+    return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
+
+
+def network_file(model: PhysicsAutoencoder, k: int, acquisition: Acquisition) -> dict:
+    """What is saved per network: weights plus what is needed to rebuild it."""
+    return {"state_dict": model.network_state(k), "kind": model.kinds[k], "n_echoes": acquisition.n_echoes,
+            "echo_times_s": list(acquisition.echo_times_s), "field_strength_t": acquisition.field_strength_t}
+
+
+def predict(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor,
+            scale: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+    """Per network: candidate parameters and per-voxel NLL for normalised signals x (N, E);
+    S0 multiplied back by `scale` (N,) when given."""
+    def evaluate(sl: slice) -> tuple[torch.Tensor, ...]:
+        s0, pdff, r2 = model.parameters_of(x[sl])
+        k, n = s0.shape
+        predicted = model.decoder(s0.reshape(-1), pdff.reshape(-1), r2.reshape(-1)).reshape(k, n, -1)
+        nll = rician_nll_per_voxel(x[sl], predicted, sigma[sl])
+        return tuple(value.double().cpu() for value in (s0, pdff, r2, nll))
+
+    chunks = evaluate_in_chunks(model, x.shape[0], evaluate)
+    s0, pdff, r2, nll = (torch.cat(part, dim=1).numpy() for part in zip(*chunks))
+    if scale is not None:
+        s0 = s0 * scale
+    return [{"s0": s0[k], "pdff": pdff[k], "r2star_s": r2[k], "nll": nll[k]} for k in range(len(model.kinds))]

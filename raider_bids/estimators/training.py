@@ -1,0 +1,117 @@
+"""The one training loop of every network stack (self-supervised and supervised alike) and the
+one train/validation split.
+
+The networks of a stack (the 'water' and 'fat' pair, or single networks with different seeds)
+train in the same steps: each has its own weights, mini-batch order, Adam state (Adam is
+element-wise) and early stopping, so this equals training them one after another, at the cost of one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..config import TrainingSettings
+from ..provenance import NetworkRecord
+from ..resources import chunk_slices
+from .base import ProgressCallback
+from .networks import PhysicsAutoencoder
+
+
+def validation_size(n: int, fraction: float, max_validation: int | None = None) -> int:
+    """How many of n items (n >= 2) are held out for validation: at least 1, at most n - 1."""
+    return min(max(1, int(round(fraction * n))), n - 1, max_validation or n)
+
+
+def split_indices(n: int, validation_fraction: float, rng: np.random.Generator,
+                  max_validation: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split of range(n), each part sorted; both non-empty for n >= 2."""
+    order = rng.permutation(n)
+    n_val = validation_size(n, validation_fraction, max_validation)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+                   validation_loss: Callable[[], list[float]], settings: TrainingSettings,
+                   generator: torch.Generator, seeds: tuple[int, ...], loss_name: str,
+                   progress: ProgressCallback | None = None) -> list[NetworkRecord]:
+    """The training loop of every network stack: Adam on `batch_loss` (mini-batch indices (K, B)
+    into the n_train training items -> per-network mean loss (K,)); each network stops after
+    `patience` epochs without a better `validation_loss()` (per network) and gets its best weights
+    back. Returns each network's record (`loss_name` names the loss)."""
+    k_nets = len(model.kinds)
+    histories = [NetworkRecord(kind, seed, loss_name) for kind, seed in zip(model.kinds, seeds)]
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    schedule = _cosine_schedule(optimiser, settings)
+    best_loss = validation_loss()
+    best_state = [model.network_state(k) for k in range(k_nets)]
+    waited = [0] * k_nets
+    active = [True] * k_nets
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    for h in histories:
+        h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
+    for epoch in range(1, settings.max_epochs + 1):
+        running = torch.zeros(k_nets, dtype=torch.float64)
+        seen = 0
+        for idx in _epoch_batches(n_train, k_nets, settings, generator):
+            idx = idx.to(device)
+            per_network = batch_loss(idx)
+            optimiser.zero_grad(set_to_none=True)
+            per_network.sum().backward()
+            optimiser.step()
+            if schedule is not None:
+                schedule.step()
+            running += per_network.detach().cpu().double() * idx.shape[1]
+            seen += idx.shape[1]
+        val = validation_loss()
+        for k, h in enumerate(histories):
+            if not active[k]:
+                continue
+            h.train_loss.append(float(running[k]) / seen)
+            h.validation_loss.append(val[k])
+            h.epochs = epoch
+            h.seconds = time.perf_counter() - start
+            if not math.isfinite(val[k]):
+                h.stop_reason, active[k] = "validation loss not finite", False
+            elif val[k] < best_loss[k]:
+                best_loss[k], waited[k], h.best_epoch = val[k], 0, epoch
+                best_state[k] = model.network_state(k)
+            else:
+                waited[k] += 1
+            if active[k] and waited[k] >= settings.patience:
+                h.stop_reason, active[k] = f"no better validation loss for {settings.patience} epochs", False
+        if progress is not None:
+            progress(epoch, {h.network: h.validation_loss[-1] for h in histories if h.epochs == epoch})
+        if not any(active):
+            break
+    for k, h in enumerate(histories):
+        model.load_network_state(k, best_state[k])
+        h.best_validation_loss = best_loss[k]
+    return histories
+
+
+def _cosine_schedule(optimiser: torch.optim.Optimizer, settings: TrainingSettings):
+    """Learning rate annealed along a half cosine to `final_lr_fraction` of its start over the
+    whole step budget (max_epochs x steps_per_epoch); None when there is no such budget."""
+    if settings.final_lr_fraction is None or settings.steps_per_epoch is None:
+        return None
+    total, final = settings.max_epochs * settings.steps_per_epoch, settings.final_lr_fraction
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def _epoch_batches(n: int, k_nets: int, settings: TrainingSettings, generator: torch.Generator):
+    """Mini-batch indices (K, B) of one epoch; each network draws its own."""
+    if settings.steps_per_epoch is None:
+        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(k_nets)])
+        for sl in chunk_slices(n, settings.batch_size):
+            yield order[:, sl]
+    else:
+        batch = min(settings.batch_size, n)
+        for _ in range(settings.steps_per_epoch):
+            yield torch.randint(n, (k_nets, batch), generator=generator)

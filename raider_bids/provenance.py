@@ -1,0 +1,178 @@
+"""The provenance record of a run (`*_provenance.json`): how its maps were made.
+
+The one schema shared by everyone who touches it: the estimators describe their training in it,
+the participant workflow fills and writes it, and the reports, the group level and the rerun
+check read its fields. Torch-free and stdlib-only, so that any layer may use it.
+
+`to_json` writes schema version SCHEMA_VERSION; `from_json` also reads files written before the
+schema had a version (version 1: no SchemaVersion key, each method's own keys beside the common
+ones, `ShareFatDominant` for the single network).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 2
+DEFAULT_NETWORK_LOSS = "Rician NLL per voxel"  # the self-supervised networks' loss, unnamed in version 1
+
+
+@dataclass
+class NetworkRecord:
+    """One trained network: its training curve and why it stopped. Losses are per voxel (or per
+    simulated signal), averaged over an epoch (training) or the validation set."""
+
+    network: str  # water, fat or full
+    seed: int
+    loss: str = DEFAULT_NETWORK_LOSS
+    epochs: int = 0
+    best_epoch: int = 0
+    best_validation_loss: float = math.inf
+    stop_reason: str = ""
+    seconds: float = 0.0
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Network": self.network, "Seed": self.seed, "Loss": self.loss, "Epochs": self.epochs,
+                "BestEpoch": self.best_epoch, "BestValidationLoss": self.best_validation_loss,
+                "StopReason": self.stop_reason, "Seconds": round(self.seconds, 3), "TrainLoss": self.train_loss,
+                "ValidationLoss": self.validation_loss}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NetworkRecord:
+        return cls(network=d["Network"], seed=d["Seed"], loss=d.get("Loss", DEFAULT_NETWORK_LOSS),
+                   epochs=d["Epochs"], best_epoch=d["BestEpoch"], best_validation_loss=d["BestValidationLoss"],
+                   stop_reason=d["StopReason"], seconds=d["Seconds"], train_loss=list(d["TrainLoss"]),
+                   validation_loss=list(d["ValidationLoss"]))
+
+
+@dataclass
+class EstimationRecord:
+    """What one method did: the same keys for every method; what only one method has is in `details`."""
+
+    method: str
+    description: str
+    reference: str
+    seconds: float
+    share_choosing_fat: float  # share of the mask on the fat-dominant side (PDFF >= pdff_boundary)
+    pdff_boundary: float
+    training_settings: dict[str, Any] | None = None  # None: nothing trained
+    networks: list[NetworkRecord] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. the fit's optimiser, the training voxels
+
+    _KEYS = ("Method", "Description", "Reference", "Seconds", "ShareChoosingFat", "ShareChoosingWater",
+             "PDFFBoundary", "TrainingSettings", "Networks", "Details")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Method": self.method, "Description": self.description, "Reference": self.reference,
+                "Seconds": round(self.seconds, 3), "ShareChoosingFat": self.share_choosing_fat,
+                "ShareChoosingWater": 1 - self.share_choosing_fat, "PDFFBoundary": self.pdff_boundary,
+                "TrainingSettings": self.training_settings, "Networks": [n.to_json() for n in self.networks],
+                "Details": self.details}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EstimationRecord:
+        if "Details" in d:
+            details = dict(d["Details"])
+        else:  # version 1: a method's own keys stood beside the common ones
+            details = {k: v for k, v in d.items() if k not in cls._KEYS and k != "ShareFatDominant"}
+        fat = d["ShareChoosingFat"] if "ShareChoosingFat" in d else d["ShareFatDominant"]
+        return cls(method=d["Method"], description=d["Description"], reference=d.get("Reference", ""),
+                   seconds=d.get("Seconds", 0.0), share_choosing_fat=fat,
+                   pdff_boundary=d.get("PDFFBoundary", _V1_BOUNDARY), training_settings=d.get("TrainingSettings"),
+                   networks=[NetworkRecord.from_json(n) for n in d.get("Networks", [])], details=details)
+
+
+_V1_BOUNDARY = 0.58  # version 1 did not record it for the fit and the single network
+
+
+@dataclass
+class NoiseRecord:
+    sigma: float  # std of each complex channel, image units
+    method: str
+    n_voxels: int | None = None  # voxels the estimate used; None: given with --sigma
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Sigma": self.sigma, "Method": self.method, "NumberOfVoxels": self.n_voxels}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NoiseRecord:
+        return cls(d["Sigma"], d["Method"], d.get("NumberOfVoxels"))
+
+
+@dataclass
+class ComparisonRecord:
+    """With several methods: each other method's agreement with the first (reports.comparison.AGREEMENT)."""
+
+    reference: str  # the first method
+    agreement: dict[str, dict[str, Any]]  # other method -> statistic -> value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Reference": self.reference, "Agreement": self.agreement}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ComparisonRecord:
+        return cls(d["Reference"], dict(d["Agreement"]))
+
+
+@dataclass
+class Provenance:
+    """How one run's maps were made. JSON keys are the CamelCase of the field names."""
+
+    software: dict[str, str]  # package -> version
+    command_line: list[str]
+    configuration: dict[str, Any]  # Config.to_dict()
+    random_seed: int
+    device: str
+    torch_threads: int
+    inputs: list[str]  # BIDS URIs of the echo images
+    input_files: dict[str, dict[str, int]]  # echo image (relative path) -> Bytes, ModifiedNs
+    option_files: dict[str, dict[str, Any]]  # option (mask_file, fat_spectrum) -> Path, Bytes, SHA256
+    echo_times_s: list[float]
+    field_strength_t: float
+    fat_spectrum: dict[str, Any]
+    noise: NoiseRecord
+    mask_source: str
+    mask_voxels: int
+    estimation: EstimationRecord  # the first (primary) method
+    methods: dict[str, EstimationRecord]  # every method, the primary first
+    comparison: ComparisonRecord | None  # with several methods
+    timings: dict[str, float]  # seconds per step
+    outputs: dict[str, str]  # output key (PDFFmap, PDFFmap-fit, weights-water, ...) -> file name beside this one
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        several = len(self.methods) > 1
+        return {
+            "SchemaVersion": self.schema_version, "Software": self.software, "CommandLine": self.command_line,
+            "Configuration": self.configuration, "RandomSeed": self.random_seed, "Device": self.device,
+            "TorchThreads": self.torch_threads, "Inputs": self.inputs, "InputFiles": self.input_files,
+            "OptionFiles": self.option_files, "EchoTime": self.echo_times_s,
+            "MagneticFieldStrength": self.field_strength_t, "FatSpectrum": self.fat_spectrum,
+            "Noise": self.noise.to_json(), "Mask": {"Source": self.mask_source, "Voxels": self.mask_voxels},
+            "Estimation": self.estimation.to_json(),
+            # One method: its record is Estimation alone (as in version 1).
+            **({"Methods": {k: v.to_json() for k, v in self.methods.items()}, "Comparison": self.comparison.to_json() if self.comparison else None}
+               if several else {}),
+            "Timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "Outputs": self.outputs,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Provenance:
+        """Raises KeyError, TypeError or ValueError where `d` is not a provenance record."""
+        estimation = EstimationRecord.from_json(d["Estimation"])
+        methods = {k: EstimationRecord.from_json(v) for k, v in d.get("Methods", {}).items()}
+        return cls(software=dict(d["Software"]), command_line=list(d["CommandLine"]),
+                   configuration=dict(d["Configuration"]), random_seed=d["RandomSeed"], device=d["Device"],
+                   torch_threads=d["TorchThreads"], inputs=list(d["Inputs"]), input_files=dict(d.get("InputFiles", {})),
+                   option_files=dict(d.get("OptionFiles", {})), echo_times_s=list(d["EchoTime"]),
+                   field_strength_t=d["MagneticFieldStrength"], fat_spectrum=dict(d["FatSpectrum"]),
+                   noise=NoiseRecord.from_json(d["Noise"]), mask_source=d["Mask"]["Source"],
+                   mask_voxels=d["Mask"]["Voxels"], estimation=estimation,
+                   methods=methods or {estimation.method: estimation}, comparison=ComparisonRecord.from_json(d["Comparison"]) if d.get("Comparison") else None,
+                   timings=dict(d["Timings"]), outputs=dict(d["Outputs"]),
+                   schema_version=d.get("SchemaVersion", 1))

@@ -1,0 +1,130 @@
+"""The reports' figures, drawn with matplotlib's object API (no pyplot, no global backend)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..physics.parameters import PDFF_BOUNDARY
+from ..provenance import NetworkRecord
+from .roistats import STATISTIC_MAPS
+
+# Display of each mosaic: title, colour map, how colour limits are set.
+PANELS = {
+    "echo1": ("First echo (magnitude)", "gray"),
+    "PDFFmap": ("PDFF (fraction)", "magma"),
+    "R2starmap": ("R2* (1/s)", "inferno"),
+    "S0map": ("S0 (image units)", "gray"),
+    "confidence": ("Water/fat confidence: signed LLR (nats; + fat chosen, - water chosen)", "RdBu_r"),
+}
+
+
+def mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits: tuple[float, float],
+            mask: np.ndarray | None) -> Figure:
+    """The slices side by side in one image (one Axes: a figure per slice costs layout time),
+    outside the mask black, with a colour bar."""
+    # rot90: the first (R) axis runs left to right, the second (A) upwards.
+    planes = [np.rot90(volume[:, :, z] if mask is None else np.where(mask[:, :, z], volume[:, :, z], np.nan))
+              for z in slices]
+    height, width = planes[0].shape
+    gap = max(1, width // 40)
+    tiled = np.full((height, len(planes) * (width + gap) - gap), np.nan)
+    for i, plane in enumerate(planes):
+        tiled[:, i * (width + gap):i * (width + gap) + width] = plane
+    image_h = 2.2  # inches
+    image_w = image_h * tiled.shape[1] / height
+    fig_w, fig_h = max(6.0, image_w + 1.1), image_h + 0.65
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((0.1 / fig_w, 0.1 / fig_h, image_w / fig_w, image_h / fig_h))
+    shown = ax.imshow(tiled, cmap=matplotlib.colormaps[cmap].with_extremes(bad="black"), vmin=limits[0],
+                      vmax=limits[1], interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for i, z in enumerate(slices):
+        left = i * (width + gap)
+        if i:
+            ax.axvspan(left - gap - 0.5, left - 0.5, color="white")
+        ax.text(left + width / 2, -0.01 * height, f"slice {z}", ha="center", va="bottom", fontsize=8)
+    fig.colorbar(shown, cax=fig.add_axes(((0.25 + image_w) / fig_w, 0.1 / fig_h, 0.15 / fig_w, image_h / fig_h)))
+    fig.text(0.1 / fig_w, 1 - 0.08 / fig_h, title, ha="left", va="top", fontsize=10)
+    return fig
+
+
+def upper_limit(values: np.ndarray, q: float = 99.5) -> float:
+    """A colour or histogram range's top: the q-th percentile of the finite values (1 if not positive)."""
+    finite = values[np.isfinite(values)]
+    top = float(np.percentile(finite, q)) if finite.size else 1.0
+    return top if top > 0 else 1.0
+
+
+def training_figure(networks: list[NetworkRecord]) -> Figure:
+    """Training and validation loss per epoch of each network, its best epoch dotted."""
+    fig = Figure(figsize=(7, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for net, colour in zip(networks, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
+        epochs = np.arange(1, len(net.validation_loss) + 1)
+        ax.plot(epochs, net.train_loss, color=colour, alpha=0.5, label=f"{net.network} training")
+        ax.plot(epochs, net.validation_loss, color=colour, label=f"{net.network} validation")
+        if net.best_epoch:
+            ax.axvline(net.best_epoch, color=colour, linestyle=":", linewidth=1)
+    # The first epochs' losses are far above the rest: scale the axis to the converged part.
+    losses = [v for net in networks for curve in (net.train_loss, net.validation_loss)
+              for v in curve[max(2, len(curve) // 20):] if np.isfinite(v)]
+    if losses:
+        low, high = min(losses), max(losses)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(networks[0].loss if networks else "loss")
+    ax.legend(fontsize=8)
+    ax.set_title("Training curves (dotted: best epoch, whose weights are kept)", fontsize=10)
+    return fig
+
+
+def histogram_figure(maps: dict[str, np.ndarray], mask: np.ndarray) -> Figure:
+    fig = Figure(figsize=(10, 2.8))
+    fig.subplots_adjust(left=0.085, right=0.99, bottom=0.1, top=0.9, wspace=0.25)  # fixed: a layout engine costs time
+    axes = fig.subplots(1, 3)
+    for ax, suffix in zip(axes, ("PDFFmap", "R2starmap", "S0map")):
+        values = maps[suffix][mask]
+        values = values[np.isfinite(values)]
+        upper = 1.0 if suffix == "PDFFmap" else upper_limit(values)
+        ax.hist(values, bins=60, range=(0, upper), color="#456")
+        if suffix == "PDFFmap":
+            ax.axvline(PDFF_BOUNDARY, color="tab:red", linestyle="--", linewidth=1, label="0.58")
+            ax.legend(fontsize=8)
+        ax.set_title(PANELS[suffix][0], fontsize=9)
+    axes[0].set_ylabel("voxels")
+    return fig
+
+
+def roi_figure(roi: str, rows: list[dict], participants: list[str]) -> Figure:
+    """Per map: each run's median (point) and 5th-95th percentile range (bar), by participant."""
+    fig = Figure(figsize=(max(7.0, 3 * 0.35 * len(participants) + 4), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(STATISTIC_MAPS), squeeze=False)[0]
+    position = {p: i for i, p in enumerate(participants)}
+    palette = [("#89a", "#234"), ("#e9a", "#a13"), ("#9d9", "#272"), ("#db8", "#a60")]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    for ax, name in zip(axes, STATISTIC_MAPS):
+        labelled: set[str] = set()
+        mine = [r for r in rows if r["map"] == name and r["median"] is not None]
+        # Runs (and methods) of one participant side by side around its position.
+        per_participant: dict[str, int] = defaultdict(int)
+        for r in mine:
+            x = position[r["participant_id"]] + 0.12 * per_participant[r["participant_id"]]
+            per_participant[r["participant_id"]] += 1
+            light, dark = colours[r["method"]]
+            ax.plot([x, x], [r["p05"], r["p95"]], color=light, linewidth=2)
+            ax.plot(x, r["median"], "o", color=dark, markersize=4,
+                    label=r["method"] if len(colours) > 1 and r["method"] not in labelled else None)
+            labelled.add(r["method"])
+        if name == "PDFF":
+            ax.axhline(PDFF_BOUNDARY, color="tab:red", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(participants)), participants, rotation=90, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(next((r["units"] for r in mine), ""), fontsize=8)
+        if len(colours) > 1 and name == next(iter(STATISTIC_MAPS)):
+            ax.legend(fontsize=7, title="method", title_fontsize=7)
+    fig.suptitle(f"ROI {roi}: median (point) and 5th-95th percentile (bar) per run", fontsize=10)
+    return fig

@@ -1,0 +1,240 @@
+"""HTML reports made from the outputs on disk: one page per participant (slice mosaics, training
+curves, histograms, provenance) and a group page (ROI statistics across participants).
+
+Pages are self-contained for offline viewing: inline CSS, no scripts, PNG figures beside them."""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
+
+from .. import __version__
+from ..bids_io.derivatives import MAPS, DerivativesDataset, RunOutputs
+from ..bids_io.files import write_figure, write_text
+from ..physics.parameters import PDFF_BOUNDARY
+from ..provenance import Provenance
+from .comparison import AGREEMENT
+from .figures import PANELS, histogram_figure, mosaic, roi_figure, training_figure, upper_limit
+from .roistats import STATISTIC_MAPS
+
+log = logging.getLogger(__name__)
+
+MAX_SLICES = 6
+_CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { border-bottom: 2px solid #345; } h2 { margin-top: 2em; border-bottom: 1px solid #aaa; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 2px 8px;
+text-align: left; vertical-align: top; } th { background: #eef; }
+img { max-width: 100%; display: block; margin: 0.5em 0; } .bad { color: #a00; } .note { color: #555; }
+code { background: #f4f4f4; }
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n{body}\n<p class=\"note\">raider-bids {__version__}</p>"
+            "</body></html>\n")
+
+
+def _table(rows: Iterable[tuple[Any, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _image(output_dir: Path, path: Path, alt: str, draw: Callable[[], Figure]) -> str:
+    """Draw and write one figure; its <img> tag, or a note where it could not be drawn (a figure
+    must never fail the run or the group level: the maps and tables are the results)."""
+    try:
+        write_figure(path, draw())
+    except Exception as exc:  # matplotlib raises many types, e.g. on extreme values
+        log.warning("%s: figure not drawn (%s: %s)", path, exc.__class__.__name__, exc)
+        return f"<p class=\"note\">Figure '{html.escape(alt)}' could not be drawn ({html.escape(str(exc))}).</p>"
+    return f"<img src=\"{path.relative_to(output_dir).as_posix()}\" alt=\"{html.escape(alt)}\">"
+
+
+def _load(path: Path) -> np.ndarray:
+    """An output image in the closest canonical (RAS) orientation, as float."""
+    img = nib.as_closest_canonical(nib.load(path))
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    return data[..., 0] if data.ndim == 4 else data
+
+
+def _slices(mask: np.ndarray) -> list[int]:
+    """Up to MAX_SLICES axial slices, evenly spread over those that hold foreground."""
+    occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+    if occupied.size == 0:
+        occupied = np.arange(mask.shape[2])
+    picks = np.linspace(0, occupied.size - 1, min(MAX_SLICES, occupied.size)).round().astype(int)
+    return [int(occupied[i]) for i in np.unique(picks)]
+
+
+def _first_echo(run: RunOutputs, bids_dir: Path | None) -> np.ndarray | None:
+    inputs = run.provenance.inputs if run.provenance else []
+    if bids_dir is None or not inputs or not str(inputs[0]).startswith("bids:raw:"):
+        return None
+    path = Path(bids_dir) / str(inputs[0])[len("bids:raw:"):]
+    try:
+        return _load(path)
+    except Exception as exc:  # a report must not fail the run: the figure is left out
+        log.warning("%s: first echo not shown in the report (%s)", path, exc)
+        return None
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _provenance_table(prov: Provenance) -> str:
+    est, noise = prov.estimation, prov.noise
+    rows: list[tuple[str, Any]] = [
+        ("Method", html.escape(f"{est.method}: {est.description}")),
+        ("Noise sigma", html.escape(f"{_number(noise.sigma)} ({noise.method})")),
+        ("Random seed", prov.random_seed),
+        ("Device, threads", html.escape(f"{prov.device}, {prov.torch_threads}")),
+        ("Field strength (T)", prov.field_strength_t),
+        ("Echo times (ms)", ", ".join(f"{1e3 * t:.3g}" for t in prov.echo_times_s)),
+        ("Foreground voxels", html.escape(f"{prov.mask_voxels} ({prov.mask_source})")),
+        ("Voxels on the fat side", f"{100 * est.share_choosing_fat:.1f}%"),
+    ]
+    for net in est.networks:
+        rows.append((f"Network {net.network}", html.escape(
+            f"{net.epochs} epochs, best {net.best_epoch}, stopped: {net.stop_reason}, {round(net.seconds, 3)} s")))
+    if len(prov.methods) > 1:
+        for name, method in prov.methods.items():
+            rows.append((f"Method {html.escape(name)}", html.escape(
+                f"{round(method.seconds, 3)} s, {100 * method.share_choosing_fat:.1f}% of voxels on the fat side")))
+    rows.append(("Timings (s)", html.escape(", ".join(f"{k.removesuffix('Seconds')} {v}"
+                                                      for k, v in prov.timings.items()))))
+    rows.append(("Software", html.escape(", ".join(f"{k} {v}" for k, v in prov.software.items()))))
+    rows.append(("Command line", f"<code>{html.escape(' '.join(map(str, prov.command_line)))}</code>"))
+    return _table(rows)
+
+
+def _run_section(dataset: DerivativesDataset, run: RunOutputs, bids_dir: Path | None) -> str:
+    assert run.provenance is not None  # a finished run
+    output_dir, figures = dataset.root, dataset.figure_directory(run.subject)
+    mask = _load(run.files["mask"]) > 0
+    maps = {s: _load(run.files[s]) for s in MAPS if s in run.files}
+    slices = _slices(mask)
+    volumes: dict[str, tuple[np.ndarray, tuple[float, float], np.ndarray | None]] = {}
+    echo1 = _first_echo(run, bids_dir)
+    if echo1 is not None and echo1.shape == mask.shape:
+        volumes["echo1"] = (echo1, (0.0, upper_limit(echo1)), None)
+    volumes["PDFFmap"] = (maps["PDFFmap"], (0.0, 1.0), mask)
+    volumes["R2starmap"] = (maps["R2starmap"], (0.0, upper_limit(maps["R2starmap"][mask])), mask)
+    volumes["S0map"] = (maps["S0map"], (0.0, upper_limit(maps["S0map"][mask])), mask)
+    if "LLRmap" in maps:
+        signed = np.where(maps["PDFFmap"] >= PDFF_BOUNDARY, 1.0, -1.0) * maps["LLRmap"]
+        bound = max(1.0, float(np.percentile(np.abs(signed[mask]), 95))) if mask.any() else 1.0
+        volumes["confidence"] = (signed, (-bound, bound), mask)
+    parts = [f"<h2 id=\"{run.name}\">{html.escape(run.name)}</h2>"]
+    for key, (volume, limits, show_mask) in volumes.items():
+        title, cmap = PANELS[key]
+        parts.append(_image(output_dir, figures / f"{run.name}_{key}.png", title,
+                            lambda: mosaic(volume, slices, title, cmap, limits, show_mask)))
+    if "echo1" not in volumes:
+        parts.append("<p class=\"note\">First echo not shown: the raw data were not found.</p>")
+    if "confidence" not in volumes:
+        parts.append("<p class=\"note\">No water/fat confidence map: this method has one candidate.</p>")
+    networks = run.provenance.estimation.networks
+    if networks:
+        parts.append(_image(output_dir, figures / f"{run.name}_training.png", "training curves",
+                            lambda: training_figure(networks)))
+    else:
+        parts.append("<p class=\"note\">No training curves: this method trains no network.</p>")
+    parts.append(_image(output_dir, figures / f"{run.name}_histograms.png", "histograms",
+                        lambda: histogram_figure(maps, mask)))
+    parts += _comparison_section(dataset, run, maps, mask, slices)
+    parts.append("<h3>Provenance</h3>" + _provenance_table(run.provenance))
+    return "\n".join(parts)
+
+
+def _comparison_section(dataset: DerivativesDataset, run: RunOutputs, maps: dict[str, np.ndarray],
+                        mask: np.ndarray, slices: list[int]) -> list[str]:
+    """With several methods: per other method, maps of its difference from the first method and
+    the agreement statistics recorded in the provenance."""
+    comparison = run.provenance.comparison if run.provenance else None
+    if comparison is None:
+        return []
+    output_dir, figures, reference = dataset.root, dataset.figure_directory(run.subject), comparison.reference
+    parts = [f"<h3>Methods compared with {html.escape(reference)}</h3>"]
+    for other, stats in comparison.agreement.items():
+        parts.append(f"<h4>{html.escape(other)} - {html.escape(reference)}</h4>")
+        for suffix, label in (("PDFFmap", "PDFF"), ("R2starmap", "R2* (1/s)")):
+            path = run.listed.get(f"{suffix}-{other}")
+            if path is None or not path.is_file():
+                parts.append(f"<p class=\"note\">{html.escape(other)}'s {label} map is missing.</p>")
+                continue
+            difference = _load(path) - maps[suffix]
+            bound = 1.0 if suffix == "PDFFmap" else max(1.0, float(np.percentile(np.abs(difference[mask]), 99)))
+            title = f"{label}: {other} - {reference} (blue: {other} lower, red: higher)"
+            parts.append(_image(output_dir, figures / f"{run.name}_{suffix}-{other}-minus-{reference}.png", title,
+                                lambda: mosaic(difference, slices, title, "RdBu_r", (-bound, bound), mask)))
+        parts.append(_table((AGREEMENT[k][0] + f" ({AGREEMENT[k][1]})", _number(v)) for k, v in stats.items()
+                            if k in AGREEMENT))
+    return parts
+
+
+def participant_report(dataset: DerivativesDataset, subject: str, runs: list[RunOutputs],
+                       bids_dir: Path | None) -> Path:
+    """Write sub-<subject>.html (and its figures) for the participant's finished runs."""
+    runs = [r for r in runs if r.finished]
+    index = "".join(f"<li><a href=\"#{r.name}\">{html.escape(r.name)}</a></li>" for r in runs)
+    body = (f"<h1>raider-bids: sub-{html.escape(subject)}</h1><p>{len(runs)} run(s). "
+            f"<a href=\"group.html\">Group report</a> (after the group level).</p><ul>{index}</ul>"
+            + "\n".join(_run_section(dataset, r, bids_dir) for r in runs))
+    target = dataset.report_path(subject)
+    write_text(target, _page(f"sub-{subject}", body))
+    return target
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "", name) or "roi"
+
+
+def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOutputs], problems: dict[str, str],
+                 table_name: str) -> Path:
+    """Write group.html: per-ROI plots across participants, links to participant pages, and the runs
+    that are missing or failed."""
+    output_dir = dataset.root
+    participants = sorted({r["participant_id"] for r in rows})
+    body = [f"<h1>raider-bids: group report</h1><p>{len(runs)} run(s) of {len(participants)} participant(s) "
+            f"summarised; statistics in <a href=\"{table_name}.tsv\">{table_name}.tsv</a> "
+            f"(columns described in <a href=\"{table_name}.json\">{table_name}.json</a>).</p>"]
+    if problems:
+        items = "".join(f"<li class=\"bad\">{html.escape(k)}: {html.escape(v)}</li>" for k, v in sorted(problems.items()))
+        body.append(f"<h2>Missing or failed ({len(problems)})</h2><ul>{items}</ul>")
+    listing = []
+    for label in sorted({f"sub-{r.subject}" for r in runs} | {k.split("_")[0] for k in problems}):
+        page = dataset.report_path(label.removeprefix("sub-"))
+        link = f"<a href=\"{page.name}\">{label}</a>" if page.is_file() else html.escape(label)
+        names = [r.name for r in runs if f"sub-{r.subject}" == label]
+        bad = [k for k in problems if k.split("_")[0] == label]
+        status = f"{len(names)} run(s) summarised" + (f"; <span class=\"bad\">{len(bad)} missing or failed</span>"
+                                                      if bad else "")
+        listing.append((label, f"{link}: {status}"))
+    body.append("<h2>Participants</h2>" + _table(listing))
+    for roi in dict.fromkeys(r["roi"] for r in rows):
+        mine = [r for r in rows if r["roi"] == roi]
+        image = _image(output_dir, dataset.figure_directory(None) / f"group_roi-{_safe(roi)}.png", f"ROI {roi}",
+                       lambda: roi_figure(roi, mine, participants))
+        summary = []
+        methods = list(dict.fromkeys(r["method"] for r in mine))
+        for name in STATISTIC_MAPS:
+            for method in methods:
+                medians = np.array([r["median"] for r in mine if r["map"] == name and r["method"] == method
+                                    and r["median"] is not None])
+                summary.append((name if len(methods) == 1 else f"{name} ({html.escape(method)})",
+                                f"{medians.size} run(s); median of run medians {np.median(medians):.4g}, "
+                                f"range {medians.min():.4g} to {medians.max():.4g}" if medians.size else "no voxels"))
+        body.append(f"<h2>ROI {html.escape(roi)}</h2>{image}" + _table(summary))
+    target = output_dir / "group.html"
+    write_text(target, _page("raider-bids group report", "\n".join(body)))
+    return target

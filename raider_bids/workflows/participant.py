@@ -1,0 +1,207 @@
+"""The participant level: for each selected run, load, mask, estimate the noise, run every
+method, write the outputs and their provenance; then a report per participant. A run that fails
+is reported and the others go on; runs that already finished with the same options are skipped."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bids_io.derivatives import DerivativesDataset, MethodOutputs
+from ..bids_io.raw import MegreRun, find_runs, load_filters, load_mask, load_run, run_size
+from ..config import Config
+from ..errors import InputDataError, RaiderError, ResourceError
+from ..estimators import Estimates, Estimator, get_estimator, resolve_device
+from ..estimators.base import ProgressCallbackFactory
+from ..physics.fat_spectrum import load_fat_spectrum
+from ..physics.signal_model import Acquisition
+from ..preprocessing.mask import foreground_mask, usable_voxels
+from ..preprocessing.noise import estimate_sigma
+from ..provenance import NoiseRecord, Provenance
+from ..reports.pages import participant_report
+from ..resources import (DEFAULT_WORKING_BYTES, MIN_WORKING_BYTES, format_bytes, resident_bytes, run_bytes,
+                         set_working_memory)
+from .recording import comparison_record, estimation_record, library_versions
+from .reruns import option_files, why_redo
+
+log = logging.getLogger(__name__)
+
+AUTOMATIC_MASK = "automatic (Otsu threshold on the log of the echo-mean magnitude, opening, specks removed)"
+
+
+@dataclass
+class RunResult:
+    run: MegreRun
+    outputs: dict[str, Path]
+
+
+@dataclass
+class ParticipantResult:
+    finished: list[RunResult]  # processed now
+    skipped: list[MegreRun]  # finished before with the same options
+    failed: dict[str, RaiderError]  # run name -> why, in name order
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the code of the first run that failed."""
+        return next(iter(self.failed.values())).exit_code if self.failed else 0
+
+
+def select_runs(config: Config) -> tuple[list[MegreRun], dict[str, RaiderError]]:
+    return find_runs(config.bids_dir, list(config.participant_labels), list(config.session_labels),
+                     load_filters(config.bids_filter_file), config.field_strength_t)
+
+
+def participant(config: Config, progress: ProgressCallbackFactory | None = None) -> ParticipantResult:
+    """Process every selected run; a run that fails is reported and the others go on. Runs that
+    already finished with the same options are skipped."""
+    runs, failed = select_runs(config)
+    for name, exc in failed.items():
+        log.error("%s", exc)
+    if not runs:
+        return ParticipantResult([], [], failed)
+    spectrum = load_fat_spectrum(config.fat_spectrum)
+    device = resolve_device(config.device)
+    estimators = [get_estimator(m, config.training) for m in config.methods]
+    dataset = DerivativesDataset(config.output_dir)
+    dataset.prepare(config.bids_dir)
+    log.info("%d run(s) selected: %s", len(runs), ", ".join(r.name for r in runs))
+    result = ParticipantResult([], [], failed)
+    for i, run in enumerate(runs, 1):
+        previous = dataset.run_outputs(run)
+        redo = why_redo(previous.provenance, config, run) if previous.finished and previous.provenance else None
+        if previous.finished and redo is None:
+            log.info("[%d/%d] %s: already finished with the same options (%s); skipped", i, len(runs), run.name,
+                     previous.files["provenance"].name)
+            result.skipped.append(run)
+            continue
+        if previous.files:
+            log.info("%s: removing earlier outputs %s", run.name, redo or "left by an interrupted or failed run")
+        dataset.remove_run(run)
+        log.info("[%d/%d] %s: %d echoes, TE %.2f-%.2f ms, %.3g T", i, len(runs), run.name,
+                 len(run.echo_times_s), 1e3 * run.echo_times_s[0], 1e3 * run.echo_times_s[-1],
+                 run.field_strength_t)
+        try:
+            callback = progress(run.name) if progress else None
+            acquisition = Acquisition(run.echo_times_s, run.field_strength_t, spectrum)
+            result.finished.append(process_run(config, dataset, run, acquisition, estimators, device, callback))
+        except BaseException as exc:
+            dataset.remove_run(run)  # whatever stops a run leaves none of its files
+            error = _user_error(exc, run)
+            log.error("%s", error)
+            result.failed[run.name] = error
+    result.failed = dict(sorted(result.failed.items()))
+    write_participant_reports(config, dataset, sorted({r.run.subject for r in result.finished}
+                                                      | {r.subject for r in result.skipped}))
+    return result
+
+
+def _user_error(exc: BaseException, run: MegreRun) -> RaiderError:
+    """A run's failure as a one-line user error; anything else (an interruption, a bug) is raised."""
+    if isinstance(exc, RaiderError):
+        return exc
+    # torch reports a failed allocation as a RuntimeError ("... not enough memory ...").
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "memory" in str(exc).lower()):
+        return ResourceError(f"{run.echo_files[0].parent}: run {run.name} ran out of memory; give the job "
+                             "more memory (and --mem), or fewer --nprocs")
+    raise exc
+
+
+def write_participant_reports(config: Config, dataset: DerivativesDataset, subjects: list[str]) -> None:
+    """sub-<label>.html for each subject, covering all its finished runs in the output dataset."""
+    outputs = dataset.find_run_outputs()
+    for subject in subjects:
+        path = participant_report(dataset, subject, [r for r in outputs if r.subject == subject], config.bids_dir)
+        log.info("report: %s", path)
+
+
+def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acquisition: Acquisition,
+                estimators: list[Estimator], device: torch.device, progress=None) -> RunResult:
+    """Load, mask, estimate the noise, run every estimator (the first is the primary) and write."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if config.mem_bytes:
+        _fit_memory(run, config.mem_bytes)
+    # Before reading: a change while the run works shows on the next rerun.
+    inputs, options = run.input_state(), option_files(config)
+    data, reference = load_run(run, threads=torch.get_num_threads())
+    timings["LoadSeconds"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if config.mask_file:
+        # NaN/Inf voxels and voxels zero at every echo cannot be fitted, whatever the user's mask says.
+        mask = (load_mask(config.mask_file, data.shape[:3], reference.affine, run.echo_files[0].name)
+                & usable_voxels(data))
+        mask_source = f"user: {config.mask_file}"
+    else:
+        mask = foreground_mask(data)
+        mask_source = AUTOMATIC_MASK
+    if mask.sum() < 10:
+        raise InputDataError(f"{run.echo_files[0]}: only {int(mask.sum())} voxels in the foreground mask")
+    signals = data[mask].astype(np.float64)  # the estimators work in float64 (stored as float32)
+    timings["MaskSeconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if config.sigma is not None:
+        noise = NoiseRecord(config.sigma, "user (--sigma)")
+    else:
+        noise = estimate_sigma(signals, acquisition, np.random.default_rng(config.random_seed))
+    timings["NoiseSeconds"] = time.perf_counter() - t
+    log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], noise.sigma, noise.method)
+
+    results: dict[str, Estimates] = {}
+    records = {}
+    for estimator in estimators:
+        t = time.perf_counter()
+        estimates = estimator.fit(signals, acquisition, noise.sigma, seed=config.random_seed, device=device,
+                                  progress=progress)
+        seconds = time.perf_counter() - t
+        timings["EstimationSeconds"] = timings.get("EstimationSeconds", 0.0) + seconds
+        results[estimator.name] = estimates
+        records[estimator.name] = estimation_record(estimator, estimates, seconds)
+        log.info("%s: %s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, estimator.name,
+                 100 * estimates.chose_fat.mean())
+
+    t = time.perf_counter()
+    outputs = dataset.write_run(run, reference, mask, mask_source,
+                                [_method_outputs(e, results[e.name]) for e in estimators],
+                                config.write_candidates, threads=torch.get_num_threads())
+    timings["WriteSeconds"] = time.perf_counter() - t
+    provenance = Provenance(
+        software=library_versions(), command_line=list(config.command_line) or sys.argv,
+        configuration=config.to_dict(), random_seed=config.random_seed, device=str(device),
+        torch_threads=torch.get_num_threads(), inputs=[f"bids:raw:{f}" for f in run.relative_files()],
+        input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
+        field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
+        mask_source=mask_source, mask_voxels=int(mask.sum()), estimation=records[estimators[0].name],
+        methods=records, comparison=comparison_record(results), timings=timings,
+        outputs={k: v.name for k, v in outputs.items()})
+    outputs["provenance"] = dataset.write_provenance(run, provenance)
+    log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
+    return RunResult(run, outputs)
+
+
+def _method_outputs(estimator: Estimator, estimates: Estimates) -> MethodOutputs:
+    maps = {"PDFFmap": estimates.pdff, "R2starmap": estimates.r2star_s, "S0map": estimates.s0}
+    if estimates.log_likelihood_ratio is not None:
+        maps["LLRmap"] = estimates.log_likelihood_ratio
+    candidates = {kind: {"PDFFmap": c["pdff"], "R2starmap": c["r2star_s"], "S0map": c["s0"]}
+                  for kind, c in estimates.candidates.items()}
+    return MethodOutputs(estimator.method, maps, candidates, estimates.weights)
+
+
+def _fit_memory(run: MegreRun, limit: int) -> None:
+    """Refuse a run whose whole-image arrays cannot fit in `limit` bytes; size the chunks of the
+    computations to what is left."""
+    base, images = resident_bytes(), run_bytes(run_size(run))
+    if base + images + MIN_WORKING_BYTES > limit:
+        raise ResourceError(f"{run.echo_files[0].parent}: run {run.name} needs about "
+                            f"{format_bytes(base + images + MIN_WORKING_BYTES)} ({format_bytes(base)} for the "
+                            f"program, {format_bytes(images)} for the images), more than --mem {format_bytes(limit)}")
+    set_working_memory(min(DEFAULT_WORKING_BYTES, limit - base - images))

@@ -1,0 +1,46 @@
+"""What a run's provenance record is filled with: library versions, each method's record from
+its estimates, and the agreement between methods."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from importlib import metadata
+
+from .. import __version__
+from ..estimators import Estimates, Estimator
+from ..physics.parameters import PDFF_BOUNDARY
+from ..provenance import ComparisonRecord, EstimationRecord
+from ..reports.comparison import agreement
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "raider-bids": __version__}
+    for dist in ("torch", "numpy", "scipy", "nibabel", "pybids"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
+
+
+def estimation_record(estimator: Estimator, estimates: Estimates, seconds: float) -> EstimationRecord:
+    method = estimator.method
+    return EstimationRecord(
+        method=method.name, description=method.description, reference=method.reference, seconds=seconds,
+        share_choosing_fat=float(estimates.chose_fat.mean()), pdff_boundary=PDFF_BOUNDARY,
+        training_settings=asdict(estimates.training) if estimates.training else None,
+        networks=estimates.networks, details=estimates.details)
+
+
+def comparison_record(results: dict[str, Estimates]) -> ComparisonRecord | None:
+    """With several methods, each other method's agreement with the first; None for one."""
+    if len(results) < 2:
+        return None
+    (reference, first), *others = results.items()
+    return ComparisonRecord(reference, {name: agreement(_parameters(first), _parameters(estimates))
+                                        for name, estimates in others})
+
+
+def _parameters(estimates: Estimates) -> dict:
+    return {"pdff": estimates.pdff, "r2star_s": estimates.r2star_s, "s0": estimates.s0}

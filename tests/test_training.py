@@ -1,0 +1,102 @@
+"""The one training loop (estimators.training.early_stopping) and the one split, tested directly:
+each network of a stack stops on its own validation loss, keeps training in the stack after it
+stopped, and gets back the weights of its best epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from raider_bids.config import TRAINING_PRESETS
+from raider_bids.estimators.networks import PhysicsAutoencoder
+from raider_bids.estimators.training import early_stopping, split_indices, validation_size
+from raider_bids.physics.fat_spectrum import PRESETS
+from raider_bids.physics.signal_model import Acquisition
+
+ACQUISITION = Acquisition(tuple(1.15e-3 * k for k in range(1, 7)), 3.0, PRESETS["hernando"])
+SETTINGS = dataclasses.replace(TRAINING_PRESETS["fast"], learning_rate=1e-2, batch_size=8, patience=3,
+                               max_epochs=10, steps_per_epoch=2)
+# Scripted validation losses: before training, then after each epoch. The water network's best is
+# epoch 2, so with patience 3 it stops after epoch 5; the fat network improves to the last epoch.
+WATER = [10.0, 5.0, 4.0, 6.0, 7.0, 8.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+FAT = [10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.5, 1.0]
+
+
+def _train(validation, settings=SETTINGS, progress=None):
+    """Train a water/fat stack on a real loss (so that weights move) with scripted validation
+    losses; returns the records, the weights seen at each validation and the final weights."""
+    generator = torch.Generator().manual_seed(0)
+    model = PhysicsAutoencoder(ACQUISITION, ("water", "fat"), generator)
+    x = torch.rand(64, ACQUISITION.n_echoes, generator=torch.Generator().manual_seed(1))
+    seen: list[list[dict[str, torch.Tensor]]] = []
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return ((model(x[idx]) - x[idx]) ** 2).mean(dim=(1, 2))
+
+    def validation_loss() -> list[float]:
+        seen.append([model.network_state(k) for k in range(2)])
+        return [series[len(seen) - 1] for series in validation]
+
+    records = early_stopping(model, x.shape[0], batch_loss, validation_loss, settings, generator, (0, 0),
+                             "test loss", progress)
+    return records, seen, [model.network_state(k) for k in range(2)]
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_network_stops_on_its_own_validation_loss():
+    (water, fat), _, _ = _train((WATER, FAT))
+    assert (water.epochs, water.best_epoch, water.best_validation_loss) == (5, 2, 4.0)
+    assert water.stop_reason == "no better validation loss for 3 epochs"
+    assert water.validation_loss == WATER[1:6] and len(water.train_loss) == 5
+    assert (fat.epochs, fat.best_epoch, fat.best_validation_loss) == (10, 10, 1.0)
+    assert fat.stop_reason == "reached --max-epochs 10"
+    assert fat.validation_loss == FAT[1:] and water.loss == fat.loss == "test loss"
+
+
+def test_best_weights_are_restored_per_network():
+    """The water network keeps training in the stack after it stopped (its weights at the end of
+    training differ from those of its best epoch), yet comes back with its best epoch's weights."""
+    _, seen, final = _train((WATER, FAT))
+    best_water, last_water = seen[2][0], seen[-1][0]
+    assert not _equal(best_water, last_water)
+    assert _equal(final[0], best_water)
+    assert _equal(final[1], seen[-1][1])  # the fat network's best is its last epoch
+
+
+def test_a_network_that_never_improves_keeps_its_initial_weights():
+    (water, _), seen, final = _train(([10.0] + [11.0] * 10, FAT))
+    assert (water.epochs, water.best_epoch) == (3, 0)
+    assert _equal(final[0], seen[0][0])
+
+
+def test_a_non_finite_validation_loss_stops_that_network_only():
+    (water, fat), seen, final = _train(([10.0, 5.0, float("nan")] + [1.0] * 8, FAT))
+    assert water.stop_reason == "validation loss not finite" and water.epochs == 2
+    assert _equal(final[0], seen[1][0]) and fat.epochs == 10
+
+
+def test_training_stops_when_every_network_has_stopped():
+    calls = []
+    records, seen, _ = _train(([10.0, 5.0] + [6.0] * 9, [10.0, 5.0] + [6.0] * 9),
+                              progress=lambda epoch, losses: calls.append((epoch, sorted(losses))))
+    assert [r.epochs for r in records] == [4, 4] and len(seen) == 5
+    assert calls == [(e, ["fat", "water"]) for e in range(1, 5)]
+
+
+@pytest.mark.parametrize("n, fraction, cap, expected", [(2, 0.1, None, 1), (100, 0.1, None, 10),
+                                                         (100, 0.99, None, 99), (10**6, 0.1, 20000, 20000)])
+def test_validation_size(n, fraction, cap, expected):
+    assert validation_size(n, fraction, cap) == expected
+
+
+def test_split_is_a_seeded_partition():
+    train, val = split_indices(1000, 0.1, np.random.default_rng(3))
+    assert val.size == 100 and np.array_equal(np.sort(np.concatenate([train, val])), np.arange(1000))
+    again = split_indices(1000, 0.1, np.random.default_rng(3))
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
