@@ -155,8 +155,8 @@ class Provenance:
             "Noise": self.noise.to_json(), "Mask": {"Source": self.mask_source, "Voxels": self.mask_voxels},
             "Estimation": self.estimation.to_json(),
             # One method: its record is Estimation alone (as in version 1).
-            **({"Methods": {k: v.to_json() for k, v in self.methods.items()}, "Comparison": self.comparison.to_json() if self.comparison else None}
-               if several else {}),
+            **({"Methods": {k: v.to_json() for k, v in self.methods.items()},
+                "Comparison": self.comparison.to_json() if self.comparison else None} if several else {}),
             "Timings": {k: round(v, 3) for k, v in self.timings.items()},
             "Outputs": self.outputs,
         }
@@ -166,13 +166,14 @@ class Provenance:
         """Raises KeyError, TypeError or ValueError where `d` is not a provenance record."""
         estimation = EstimationRecord.from_json(d["Estimation"])
         methods = {k: EstimationRecord.from_json(v) for k, v in d.get("Methods", {}).items()}
+        comparison = ComparisonRecord.from_json(d["Comparison"]) if d.get("Comparison") else None
         return cls(software=dict(d["Software"]), command_line=list(d["CommandLine"]),
                    configuration=dict(d["Configuration"]), random_seed=d["RandomSeed"], device=d["Device"],
-                   torch_threads=d["TorchThreads"], inputs=list(d["Inputs"]), input_files=dict(d.get("InputFiles", {})),
-                   option_files=dict(d.get("OptionFiles", {})), echo_times_s=list(d["EchoTime"]),
-                   field_strength_t=d["MagneticFieldStrength"], fat_spectrum=dict(d["FatSpectrum"]),
-                   noise=NoiseRecord.from_json(d["Noise"]), mask_source=d["Mask"]["Source"],
-                   mask_voxels=d["Mask"]["Voxels"], estimation=estimation,
-                   methods=methods or {estimation.method: estimation}, comparison=ComparisonRecord.from_json(d["Comparison"]) if d.get("Comparison") else None,
-                   timings=dict(d["Timings"]), outputs=dict(d["Outputs"]),
+                   torch_threads=d["TorchThreads"], inputs=list(d["Inputs"]),
+                   input_files=dict(d.get("InputFiles", {})), option_files=dict(d.get("OptionFiles", {})),
+                   echo_times_s=list(d["EchoTime"]), field_strength_t=d["MagneticFieldStrength"],
+                   fat_spectrum=dict(d["FatSpectrum"]), noise=NoiseRecord.from_json(d["Noise"]),
+                   mask_source=d["Mask"]["Source"], mask_voxels=d["Mask"]["Voxels"], estimation=estimation,
+                   methods=methods or {estimation.method: estimation}, comparison=comparison,
+                   timings=dict(d["Timings"]), outputs=dict(d.get("Outputs", {})),
                    schema_version=d.get("SchemaVersion", 1))

@@ -4,14 +4,15 @@ Each refusal ends with one error line naming the file (or the option) and the pr
 BIDS-Apps exit code, no traceback, the raw dataset byte for byte unchanged, and no output of the
 refused run nor any temporary file in the output directory. Where only one run is bad (sub-01),
 the other participant (sub-02) is still processed, and the exit code is still that of the bad run.
-An ROI on another grid at the group level: tests/test_group.py::test_roi_errors_exit_65.
+An ROI on another grid at the group level: tests/test_group.py::test_roi_errors_exit_65. Whole
+calls refused before anything is written (no magnitude images, no dataset, an output path that
+cannot be written, ...): tests/test_cli.py::test_errors, the one table of command-line errors.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cli_checks import assert_no_partial_files, assert_one_error, reset_logger, run_cli, snapshot
+from cli_checks import assert_no_partial_files, assert_one_error, run_cli, snapshot
 from raider_bids.bids_io import raw as bids_io
 from raider_bids.workflows import participant as workflows
 from raider_bids.experiments.demo import AFFINE, ECHO_TIMES_S, write_dataset
@@ -34,15 +35,10 @@ _REPORTS = workflows.write_participant_reports
 # ---------------------------------------------------------------- fixtures and helpers
 
 @pytest.fixture(autouse=True)
-def _isolate(monkeypatch, tmp_path_factory):
-    # Outside tmp_path, whose snapshot must not change; shared, so matplotlib's cache is built once.
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.getbasetemp() / "mpl"))
+def _no_reports(monkeypatch):
     # The HTML reports (tests/test_reports.py) cost ~1.4 s per participant, most of this file's
     # time; tests that want them ask for `with_reports`.
     monkeypatch.setattr(workflows, "write_participant_reports", lambda config, dataset, subjects: None)
-    reset_logger()
-    yield
-    reset_logger()
 
 
 @pytest.fixture
@@ -396,90 +392,7 @@ def test_output_under_bids_derivatives_works(capsys, bids, with_reports):
     assert {k: v for k, v in after.items() if not k.startswith("derivatives")} == before
 
 
-# ---------------------------------------------------------------- the whole call refused, nothing written
-
-def _phase_only(bids, tmp):
-    for path in sorted(bids.rglob("*_part-mag_MEGRE.*")):
-        path.rename(str(path).replace("_part-mag", "_part-phase"))
-
-
-def _phase_only_sub01(bids, tmp):
-    for path in sorted((bids / "sub-01").rglob("*_part-mag_MEGRE.*")):
-        path.rename(str(path).replace("_part-mag", "_part-phase"))
-
-
-def _empty_dataset(bids, tmp):
-    for path in bids.iterdir():
-        if path.name != "dataset_description.json":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def _not_bids(bids, tmp):
-    (tmp / "notbids").mkdir()
-    (tmp / "notbids" / "scan.nii.gz").write_bytes(b"")
-
-
-def _a_file(bids, tmp):
-    (tmp / "afile").write_text("not a directory")
-
-
-def _read_only_parent(bids, tmp):
-    (tmp / "readonly").mkdir()
-    (tmp / "readonly").chmod(0o555)
-
-
-ROOT_WRITES_ANYWAY = pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0,
-    reason="running as root, whom a read-only directory does not stop; out-is-a-file covers exit 73")
-
-
-@pytest.mark.parametrize("argv, expected, fragments, prepare", [
-    pytest.param(["{bids}", "{out}", P], 18, ["no magnitude MEGRE files", "only part-phase files match",
-                                             "magnitude images"], _phase_only, id="phase-only"),
-    pytest.param(["{bids}", "{out}", P, "--participant-label", "01"], 18, ["no magnitude MEGRE files", "part-phase"],
-                 _phase_only_sub01, id="phase-only-participant"),
-    pytest.param(["{bids}", "{out}", P, "--participant-label", "03"], 64, ["participant label(s) 03", "it has: 01, 02"],
-                 None, id="unknown-participant"),
-    pytest.param(["{bids}", "{out}", P, "--session-label", "ses-1"], 64, ["session label(s) 1", "no sessions"],
-                 None, id="unknown-session"),
-    pytest.param(["{bids}", "{out}", P], 66, ["{bids}: the dataset holds no MEGRE images"], _empty_dataset,
-                 id="empty-dataset"),
-    pytest.param(["{tmp}/notbids", "{out}", P], 66, ["{tmp}/notbids: no dataset_description.json",
-                                                     "root of a BIDS dataset"], _not_bids, id="not-bids"),
-    pytest.param(["{tmp}/afile", "{out}", P], 66, ["{tmp}/afile: the BIDS directory is not a directory"], _a_file,
-                 id="bids-is-a-file"),
-    pytest.param(["{tmp}/nope", "{out}", P], 66, ["{tmp}/nope: the BIDS directory does not exist"], None,
-                 id="bids-missing"),
-    pytest.param(["{bids}", "{out}", "banana"], 17, ["analysis level 'banana' is unknown", "participant, group"],
-                 None, id="unknown-level"),
-    pytest.param(["{bids}", "{bids}", P], 64, ["output_dir", "is the BIDS directory"], None, id="out-is-bids"),
-    pytest.param(["{bids}", "{bids}/out", P], 64, ["output_dir", "inside the BIDS dataset", "derivatives"], None,
-                 id="out-inside-bids"),
-    pytest.param(["{bids}", "{bids}/sub-01", P], 64, ["inside the BIDS dataset"], None, id="out-is-a-subject"),
-    pytest.param(["{bids}", "{tmp}/afile", P], 73, ["{tmp}/afile", "cannot write the output dataset"], _a_file,
-                 id="out-is-a-file"),
-    pytest.param(["{bids}", "{tmp}/afile/out", P], 73, ["{tmp}/afile", "cannot write the output dataset"], _a_file,
-                 id="out-under-a-file"),
-    pytest.param(["{bids}", "{tmp}/readonly/out", P], 73, ["{tmp}/readonly/out", "Permission denied"],
-                 _read_only_parent, id="out-parent-read-only", marks=ROOT_WRITES_ANYWAY),
-])
-def test_call_refused_before_writing(capsys, bids, tmp_path, argv, expected, fragments, prepare):
-    def fill(text: str) -> str:
-        return text.format(bids=bids, tmp=tmp, out=tmp / "out")
-
-    tmp = tmp_path.resolve()
-    if prepare:
-        prepare(bids, tmp)
-    before = snapshot(tmp)
-    try:
-        code, err = run_cli(capsys, [fill(a) for a in argv] + FAST)
-        assert code == expected, err
-        assert_one_error(err, *map(fill, fragments))
-        assert snapshot(tmp) == before  # nothing written: neither the output nor anything else
-    finally:
-        if (tmp / "readonly").exists():
-            (tmp / "readonly").chmod(0o755)
-
+# ---------------------------------------------------------------- labels refused before reading
 
 @pytest.mark.parametrize("option, label", [
     ("--participant-label", "../x"),

@@ -94,6 +94,7 @@ def test_provenance_holds_the_recorded_values_and_old_records_still_read(made, c
     golden_root = json.loads((GOLDEN / "manifest.json").read_text())["Root"]
     old, new = golden_jsons[PROVENANCE], jsons[PROVENANCE]
     assert "SchemaVersion" not in old and new["SchemaVersion"] == 2
+    assert Provenance.from_json(new).to_json() == new  # the one reader reads what the one writer wrote
     old_record, new_record = _comparable(old, golden_root), _comparable(new, str(made[0]))
     # Version 1 recorded the method's reference for supervised only; version 2 for every method.
     for name, estimation in [("Estimation", old_record["Estimation"]), *old_record.get("Methods", {}).items()]:

@@ -23,6 +23,7 @@ def experiment(tmp_path_factory):
     return directory, results
 
 
+@pytest.mark.slow  # the whole experiment, if short (its fixture): ~6 s
 def test_outputs_of_the_experiment(experiment):
     directory, results = experiment
     assert set(results) == {"single seed 0", "water network", "fat network", "dual (water/fat by likelihood)",
@@ -53,6 +54,7 @@ def test_grid_statistics_against_hand_computed_values():
     assert insilico.summary(maps, stats)["swap_rate"] == pytest.approx(0.5 / 5000)
 
 
+@pytest.mark.slow  # the experiment, then run.py on its grid: ~4-6 s each
 @pytest.mark.parametrize("method, name", [("fit", "fit"), ("ssl", "ssl")])
 def test_run_py_on_the_grid_gives_the_experiment_numbers(experiment, tmp_path, method, name):
     directory, _ = experiment

@@ -22,7 +22,7 @@ ALLOWED = {
     "reports": {"physics", "bids_io"},
     "workflows": {"physics", "preprocessing", "estimators", "bids_io", "reports"},
     "cli": {"physics", "bids_io", "workflows"},
-    "experiments": {"physics", "cli"},
+    "experiments": {"physics", "bids_io", "cli"},
 }
 SHARED = {"errors", "config", "resources", "provenance", ""}
 

@@ -20,6 +20,10 @@ ECHO_TIMES_S = tuple(1.15e-3 * k for k in range(1, 7))  # the paper's protocol, 
 ACQUISITION = Acquisition(ECHO_TIMES_S, 3.0, PRESETS["hernando"])
 SIGMA = 1 / 60  # SNR 60 at S0 = 1
 CPU = torch.device("cpu")
+# Dense grid searches and networks trained to convergence, 75-80 s in all: `pytest -m slow`. In the
+# default run the estimators' outputs are pinned bitwise (tests/test_golden.py) and the maps are
+# checked against the phantom's truth (tests/test_end_to_end.py).
+pytestmark = pytest.mark.slow
 
 
 def _simulate(n: int, seed: int, r2max: float = 500.0):

@@ -109,7 +109,6 @@ def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, mon
 
     from raider_bids.reports import pages
 
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     write_dataset(tmp_path / "bids", shape=(16, 16, 2), subjects=("01",), seed=1)
     base = [str(tmp_path / "bids"), str(tmp_path / "out")]
     assert main(base + ["participant", "--method", "fit"]) == 0

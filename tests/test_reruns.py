@@ -13,18 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cli_checks import reset_logger, run_cli
+from cli_checks import run_cli
 from raider_bids.experiments.demo import AFFINE, write_dataset
 
 SPECTRUM = {"ppm": [-3.4, -2.6, 0.6], "amplitudes": [0.7, 0.2, 0.1]}
-
-
-@pytest.fixture(autouse=True)
-def _isolate(monkeypatch, tmp_path):
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    reset_logger()
-    yield
-    reset_logger()
 
 
 @pytest.fixture

@@ -58,8 +58,7 @@ def bids(tmp_path_factory, tmp_path) -> Path:
     return Path(shutil.copytree(template, tmp_path / "bids"))
 
 
-def test_run_that_cannot_fit_in_mem_fails_cleanly(capsys, bids, tmp_path, monkeypatch):
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+def test_run_that_cannot_fit_in_mem_fails_cleanly(capsys, bids, tmp_path):
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--participant-label", "01", "--method", "fit",
                  "--mem", "50MB"])
@@ -69,8 +68,7 @@ def test_run_that_cannot_fit_in_mem_fails_cleanly(capsys, bids, tmp_path, monkey
     assert not list(out.rglob("sub-01_*"))
 
 
-def test_generous_mem_and_nprocs(capsys, bids, tmp_path, monkeypatch):
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+def test_generous_mem_and_nprocs(capsys, bids, tmp_path):
     threads = torch.get_num_threads()
     try:
         code = main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "01", "--method", "fit",

@@ -42,7 +42,6 @@ def test_nothing_is_written_outside_the_output_and_work_directories(tmp_path):
 
 def test_no_network_connection_is_attempted(tmp_path, monkeypatch, capsys):
     write_dataset(tmp_path / "bids", shape=(16, 16, 2), subjects=("01",))
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     attempts = []
 
     def refuse(self, *args, **kwargs):
@@ -58,12 +57,11 @@ def test_no_network_connection_is_attempted(tmp_path, monkeypatch, capsys):
     assert attempts == []
 
 
-def test_saved_weights_load_with_weights_only(tmp_path, monkeypatch):
+def test_saved_weights_load_with_weights_only(tmp_path):
     """The networks are saved as plain tensors and numbers: loading them never runs pickled code."""
     import torch
 
     write_dataset(tmp_path / "bids", shape=(16, 16, 2), subjects=("01",))
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--method", "single",
                  "--max-epochs", "1"]) == 0
     (path,) = (tmp_path / "out").rglob("*_weights.pt")

@@ -200,7 +200,8 @@ class DerivativesDataset:
             volumes |= {(suffix, kind): (values, primary.method)
                         for kind, candidate in primary.candidates.items() for suffix, values in candidate.items()}
         if len(methods) > 1:
-            volumes |= {(suffix, m.method.name): (values, m.method) for m in methods for suffix, values in m.maps.items()}
+            volumes |= {(suffix, m.method.name): (values, m.method)
+                        for m in methods for suffix, values in m.maps.items()}
         outputs: dict[str, Path] = {}
         # Several files at once: their gzip compression runs outside the GIL. The block waits for
         # every write, so no file appears after an interruption's cleanup.
@@ -245,6 +246,11 @@ class DerivativesDataset:
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("%s: unreadable provenance (%s: %s)", files.pop("provenance"), exc.__class__.__name__, exc)
         return RunOutputs(run.entities, files, provenance)
+
+    def subject_outputs(self, subject: str) -> RunOutputs:
+        """The outputs of a subject's one run without session or other entities (as the demo and
+        the in silico experiment write them)."""
+        return self.run_outputs(RunOutputs((("sub", subject),), {}))
 
     def find_run_outputs(self) -> list[RunOutputs]:
         """Every run the participant level wrote (finished or not), sorted by name."""

@@ -108,7 +108,8 @@ def per_network_nll(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Ten
                                         lambda sl: rician_nll_per_voxel(x[sl], model(x[sl]), sigma[sl])), dim=1)
 
 
-def normalise(signals: np.ndarray, sigma: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def normalise(signals: np.ndarray, sigma: float,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Divide each voxel by its largest echo; sigma is divided by the same factor so the Rician
     likelihood is unchanged up to a constant. Returns (x (N, E), sigma (N, 1), scale (N,))."""
     scale = np.max(signals, axis=1)

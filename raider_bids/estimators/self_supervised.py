@@ -19,10 +19,9 @@ from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise, per_net
 from .training import early_stopping, split_indices
 
 
-class SelfSupervisedDual(Estimator):
-    """Dual constrained self-supervised networks (Minore et al. 2025)."""
-
-    method = METHODS["ssl"]
+class _SelfSupervised(Estimator):
+    """Networks of `method.networks` trained on the run's voxels; `_choose` makes the estimates
+    from their candidates."""
 
     def __init__(self, training: TrainingSettings):
         self.training = training
@@ -31,30 +30,35 @@ class SelfSupervisedDual(Estimator):
             device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
         trained = train_networks(signals, acquisition, sigma, self.method.networks, seed, device, self.training,
                                  progress)
-        water, fat = predict(trained.model, trained.x, trained.sigma, trained.scale)
-        estimates = choose_by_likelihood(water, fat)
+        estimates = self._choose(predict(trained.model, trained.x, trained.sigma, trained.scale))
         trained.describe(estimates, acquisition)
         return estimates
 
+    def _choose(self, candidates: list[dict[str, np.ndarray]]) -> Estimates:
+        raise NotImplementedError
 
-class SingleNetwork(Estimator):
+
+class SelfSupervisedDual(_SelfSupervised):
+    """Dual constrained self-supervised networks (Minore et al. 2025): per voxel, the water or
+    the fat network's candidate, whichever is the more likely."""
+
+    method = METHODS["ssl"]
+
+    def _choose(self, candidates: list[dict[str, np.ndarray]]) -> Estimates:
+        water, fat = candidates
+        return choose_by_likelihood(water, fat)
+
+
+class SingleNetwork(_SelfSupervised):
     """The naive baseline: one self-supervised network with PDFF free in [0, 1] (paper Fig. 4, 5).
     It lands on the water- or the fat-dominant solution unpredictably."""
 
     method = METHODS["single"]
 
-    def __init__(self, training: TrainingSettings):
-        self.training = training
-
-    def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
-            device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
-        trained = train_networks(signals, acquisition, sigma, self.method.networks, seed, device, self.training,
-                                 progress)
-        (single,) = predict(trained.model, trained.x, trained.sigma, trained.scale)
-        estimates = Estimates(pdff=single["pdff"], r2star_s=single["r2star_s"], s0=single["s0"],
-                              log_likelihood_ratio=None, chose_fat=single["pdff"] >= PDFF_BOUNDARY)
-        trained.describe(estimates, acquisition)
-        return estimates
+    def _choose(self, candidates: list[dict[str, np.ndarray]]) -> Estimates:
+        (single,) = candidates
+        return Estimates(pdff=single["pdff"], r2star_s=single["r2star_s"], s0=single["s0"],
+                         log_likelihood_ratio=None, chose_fat=single["pdff"] >= PDFF_BOUNDARY)
 
 
 @dataclass

@@ -62,7 +62,8 @@ class SupervisedDual(Estimator):
                                 self.training.max_validation_voxels)
         sets = [simulate_training_set(acquisition, PDFF_RANGES[kind], self.simulated_samples, rng) for kind in KINDS]
         x = torch.stack([normalise(signals, 1.0, device)[0] for signals, _ in sets])  # (K, N, E)
-        y = torch.stack([torch.as_tensor(labels, dtype=torch.float32, device=device) for _, labels in sets])  # (K, N, 2)
+        y = torch.stack([torch.as_tensor(labels, dtype=torch.float32, device=device)
+                         for _, labels in sets])  # (K, N, 2)
         model = PhysicsAutoencoder(acquisition, KINDS, generator).to(device)
         histories = train_supervised(model, x[:, n_val:], y[:, n_val:], x[:, :n_val], y[:, :n_val], self.training,
                                      generator, (seed,) * len(KINDS), progress)
@@ -134,7 +135,8 @@ def train_supervised(model: PhysicsAutoencoder, x_train: torch.Tensor, y_train: 
                           progress)
 
 
-def predict_parameters(model: PhysicsAutoencoder, signals: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict_parameters(model: PhysicsAutoencoder, signals: np.ndarray,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """PDFF and R2* (1/s), each (K, N) float64, of every network for magnitudes (N, E)."""
     x = normalise(signals, 1.0, device)[0]
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from ..bids_io.derivatives import DerivativesDataset
 from ..physics.fat_spectrum import PRESETS
 from ..physics.parameters import PDFF_BOUNDARY
 from ..physics.signal_model import Acquisition
@@ -163,12 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code != 0:
         return code
     for subject, truth in truths.items():
-        anat = out_dir / f"sub-{subject}" / "anat"
-        load = lambda name: np.asarray(nib.load(anat / name).dataobj)  # noqa: E731
-        maps = {s: load(f"sub-{subject}_{s}.nii.gz") for s in ("PDFFmap", "R2starmap", "S0map")}
-        mask = load(f"sub-{subject}_desc-foreground_mask.nii.gz") > 0
+        run = DerivativesDataset(out_dir).subject_outputs(subject)
+        load = lambda key: np.asarray(nib.load(run.files[key]).dataobj)  # noqa: E731
+        maps = {s: load(s) for s in ("PDFFmap", "R2starmap", "S0map")}
+        mask = load("mask") > 0
         errors = compare(truth, maps, mask)
-        print(f"\nsub-{subject}: maps in {anat}")
+        print(f"\nsub-{subject}: maps in {run.files['PDFFmap'].parent}")
         print(f"  PDFF mean abs error {errors['pdff_mae']:.4f}, water/fat swaps {100 * errors['swap_rate']:.2f}% "
               f"of {errors['voxels']} voxels, R2* mean abs error {errors['r2star_mae_s']:.1f} 1/s, "
               f"S0 mean relative error {100 * errors['s0_relative_mae']:.1f}%")

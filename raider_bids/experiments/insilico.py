@@ -19,6 +19,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from ..bids_io.derivatives import DerivativesDataset
 from ..physics.fat_spectrum import PRESETS
 from ..physics.parameters import PDFF_BOUNDARY
 from ..physics.signal_model import Acquisition
@@ -73,10 +74,10 @@ def app_arguments(bids_dir: Path, out_dir: Path, mask: Path, method: str, seed: 
 
 
 def load_maps(out_dir: Path, desc: str | None = None) -> dict[str, np.ndarray]:
-    anat = out_dir / f"sub-{SUBJECT}" / "anat"
-    infix = f"_desc-{desc}" if desc else ""
-    return {s: np.asarray(nib.load(anat / f"sub-{SUBJECT}{infix}_{s}.nii.gz").dataobj, dtype=np.float64)
-            for s in ("PDFFmap", "R2starmap", "S0map")}
+    """The grid's PDFF, R2* and S0 maps (the plain ones, or a desc- variant such as a candidate)."""
+    run = DerivativesDataset(out_dir).subject_outputs(SUBJECT)
+    return {s: np.asarray(nib.load(run.files[s] if desc is None else run.listed[f"{s}-{desc}"]).dataobj,
+                          dtype=np.float64) for s in ("PDFFmap", "R2starmap", "S0map")}
 
 
 def grid_statistics(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,8 +180,8 @@ def run_experiment(directory: Path, repetitions: int = 100, seeds: Sequence[int]
         maps = load_maps(out, desc)
         stats = grid_statistics(maps)
         all_stats[label] = stats
-        provenance = json.loads((out / f"sub-{SUBJECT}" / "anat" / f"sub-{SUBJECT}_provenance.json").read_text())
-        results[label] = summary(maps, stats) | {"seconds": provenance["Timings"]["EstimationSeconds"],
+        provenance = DerivativesDataset(out).subject_outputs(SUBJECT).provenance
+        results[label] = summary(maps, stats) | {"seconds": provenance.timings["EstimationSeconds"],
                                                   "derivatives": str(out)}
         slug = label.split(" (")[0].replace(" ", "-")
         write_table(directory / f"insilico_{slug}.tsv", stats)

@@ -199,8 +199,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "", name) or "roi"
 
 
-def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOutputs], problems: dict[str, str],
-                 table_name: str) -> Path:
+def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOutputs],
+                 problems: dict[str, str], table_name: str) -> Path:
     """Write group.html: per-ROI plots across participants, links to participant pages, and the runs
     that are missing or failed."""
     output_dir = dataset.root
@@ -209,7 +209,8 @@ def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOu
             f"summarised; statistics in <a href=\"{table_name}.tsv\">{table_name}.tsv</a> "
             f"(columns described in <a href=\"{table_name}.json\">{table_name}.json</a>).</p>"]
     if problems:
-        items = "".join(f"<li class=\"bad\">{html.escape(k)}: {html.escape(v)}</li>" for k, v in sorted(problems.items()))
+        items = "".join(f"<li class=\"bad\">{html.escape(k)}: {html.escape(v)}</li>"
+                        for k, v in sorted(problems.items()))
         body.append(f"<h2>Missing or failed ({len(problems)})</h2><ul>{items}</ul>")
     listing = []
     for label in sorted({f"sub-{r.subject}" for r in runs} | {k.split("_")[0] for k in problems}):
