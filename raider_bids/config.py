@@ -116,7 +116,7 @@ class Config:
 
 
 # Options that change the maps (threads, device and paths change at most the last bits, or nothing):
-# a finished run made with other values of these is recomputed, not skipped. The content of the
-# files named by mask_file and fat_spectrum counts too (the provenance's OptionFiles).
+# a finished run made with other values of these is recomputed, not skipped. For mask_file and a
+# fat_spectrum file, their content counts, not their path (the provenance's OptionFiles).
 RESULT_OPTIONS = ("field_strength_t", "fat_spectrum", "sigma", "mask_file", "methods", "write_candidates",
                   "training", "random_seed")

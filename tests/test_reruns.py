@@ -71,6 +71,22 @@ def test_mask_and_spectrum_files_edited_in_place_redo_the_run(capsys, inputs, tm
     assert code == 0 and "already finished with the same options" in err
 
 
+def test_the_same_files_at_other_paths_are_the_same_inputs(capsys, inputs, tmp_path):
+    """Moved, or mounted elsewhere (a container): the content decides, not the path."""
+    bids, mask, spectrum = inputs
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    code, err = run_cli(capsys, [bids, out, "participant", "--method", "fit", "--mask", mask,
+                                 "--fat-spectrum", spectrum])
+    assert code == 0, err
+    moved.mkdir()
+    argv = [bids, out, "participant", "--method", "fit", "--mask", mask.rename(moved / mask.name),
+            "--fat-spectrum", spectrum.rename(moved / spectrum.name)]
+    code, err = run_cli(capsys, argv)
+    assert code == 0 and "already finished with the same options" in err, err
+    code, err = run_cli(capsys, [bids, out, "participant", "--method", "fit", "--mask", moved / mask.name])
+    assert code == 0 and "made with other options" in err, err  # the preset spectrum instead of the file
+
+
 def test_a_preset_spectrum_names_no_file(capsys, inputs, tmp_path):
     bids, _, _ = inputs
     out = tmp_path / "out"

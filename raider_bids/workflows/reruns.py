@@ -29,14 +29,26 @@ def option_files(config: Config) -> dict[str, dict[str, Any]]:
 
 def why_redo(provenance: Provenance, config: Config, run: MegreRun) -> str | None:
     """Why a finished run's outputs no longer hold (made with other options or another version, or
-    from inputs that changed since), or None."""
-    recorded = provenance.configuration
-    current = json.loads(json.dumps(config.result_options(), default=str))
-    if provenance.software.get("raider-bids") != __version__ or {k: recorded.get(k) for k in current} != current:
+    from inputs that changed since), or None. A file an option names counts by its content: the
+    same mask at another path (moved, or mounted elsewhere in a container) is the same input."""
+    current, files = json.loads(json.dumps(config.result_options(), default=str)), option_files(config)
+    if (provenance.software.get("raider-bids") != __version__
+            or _by_content(provenance.configuration, provenance.option_files, current) != _by_content(
+                current, files, current)):
         return "made with other options"
     if (provenance.echo_times_s != list(run.echo_times_s) or provenance.field_strength_t != run.field_strength_t
             or provenance.input_files != run.input_state()):
         return "made from inputs that have changed since (images or sidecars)"
-    if provenance.option_files != option_files(config):
+    if _hashes(provenance.option_files) != _hashes(files):
         return "made from a mask or fat spectrum file whose content has changed since"
     return None
+
+
+def _by_content(options: dict[str, Any], files: dict[str, dict[str, Any]], keys) -> dict[str, Any]:
+    """The result options `keys` of `options`, those that name a file reduced to saying so (their
+    content is compared on its own)."""
+    return {k: "<a file>" if k in files else options.get(k) for k in keys}
+
+
+def _hashes(files: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    return {option: state.get("SHA256") for option, state in files.items()}
