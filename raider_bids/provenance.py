@@ -137,12 +137,16 @@ class Provenance:
     noise: NoiseRecord
     mask_source: str
     mask_voxels: int
-    estimation: EstimationRecord  # the first (primary) method
     methods: dict[str, EstimationRecord]  # every method, the primary first
     comparison: ComparisonRecord | None  # with several methods
     timings: dict[str, float]  # seconds per step
     outputs: dict[str, str]  # output key (PDFFmap, PDFFmap-fit, weights-water, ...) -> file name beside this one
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def estimation(self) -> EstimationRecord:
+        """The first (primary) method's record, whose maps have the plain names."""
+        return next(iter(self.methods.values()))
 
     def to_json(self) -> dict[str, Any]:
         several = len(self.methods) > 1
@@ -164,6 +168,7 @@ class Provenance:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Provenance:
         """Raises KeyError, TypeError or ValueError where `d` is not a provenance record."""
+        # Methods is written with several methods only; Estimation is its first (or only) record.
         estimation = EstimationRecord.from_json(d["Estimation"])
         methods = {k: EstimationRecord.from_json(v) for k, v in d.get("Methods", {}).items()}
         comparison = ComparisonRecord.from_json(d["Comparison"]) if d.get("Comparison") else None
@@ -173,7 +178,7 @@ class Provenance:
                    input_files=dict(d.get("InputFiles", {})), option_files=dict(d.get("OptionFiles", {})),
                    echo_times_s=list(d["EchoTime"]), field_strength_t=d["MagneticFieldStrength"],
                    fat_spectrum=dict(d["FatSpectrum"]), noise=NoiseRecord.from_json(d["Noise"]),
-                   mask_source=d["Mask"]["Source"], mask_voxels=d["Mask"]["Voxels"], estimation=estimation,
+                   mask_source=d["Mask"]["Source"], mask_voxels=d["Mask"]["Voxels"],
                    methods=methods or {estimation.method: estimation}, comparison=comparison,
                    timings=dict(d["Timings"]), outputs=dict(d.get("Outputs", {})),
                    schema_version=d.get("SchemaVersion", 1))

@@ -179,8 +179,7 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         torch_threads=torch.get_num_threads(), inputs=[f"bids:raw:{f}" for f in run.relative_files()],
         input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
         field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
-        mask_source=mask_source, mask_voxels=int(mask.sum()), estimation=records[estimators[0].name],
-        methods=records, comparison=comparison_record(results), timings=timings,
+        mask_source=mask_source, mask_voxels=int(mask.sum()), methods=records, comparison=comparison_record(results), timings=timings,
         outputs={k: v.name for k, v in outputs.items()})
     outputs["provenance"] = dataset.write_provenance(run, provenance)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
