@@ -71,11 +71,15 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
     estimators = [get_estimator(m, config.training) for m in config.methods]
     dataset = DerivativesDataset(config.output_dir)
     dataset.prepare(config.bids_dir)
+    # The files options name are the same for every run of the call: read and hashed once, before
+    # any run (a change while the call works shows on the next rerun).
+    options = option_files(config)
     log.info("%d run(s) selected: %s", len(runs), ", ".join(r.name for r in runs))
     result = ParticipantResult([], [], failed)
     for i, run in enumerate(runs, 1):
         previous = dataset.run_outputs(run)
-        redo = why_redo(previous.provenance, config, run) if previous.finished and previous.provenance else None
+        redo = (why_redo(previous.provenance, config, options, run)
+                if previous.finished and previous.provenance else None)
         if previous.finished and redo is None:
             log.info("[%d/%d] %s: already finished with the same options (%s); skipped", i, len(runs), run.name,
                      previous.files["provenance"].name)
@@ -90,7 +94,8 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
         try:
             callback = progress(run.name) if progress else None
             acquisition = Acquisition(run.echo_times_s, run.field_strength_t, spectrum)
-            result.finished.append(process_run(config, dataset, run, acquisition, estimators, device, callback))
+            result.finished.append(process_run(config, dataset, run, acquisition, options, estimators, device,
+                                               callback))
         except BaseException as exc:
             dataset.remove_run(run)  # whatever stops a run leaves none of its files
             error = _user_error(exc, run)
@@ -122,14 +127,14 @@ def write_participant_reports(config: Config, dataset: DerivativesDataset, subje
 
 
 def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acquisition: Acquisition,
-                estimators: list[Estimator], device: torch.device, progress=None) -> RunResult:
-    """Load, mask, estimate the noise, run every estimator (the first is the primary) and write."""
+                options: dict, estimators: list[Estimator], device: torch.device, progress=None) -> RunResult:
+    """Load, mask, estimate the noise, run every estimator (the first is the primary) and write;
+    `options` is the state of the files options name (reruns.option_files), for the provenance."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if config.mem_bytes:
         _fit_memory(run, config.mem_bytes)
-    # Before reading: a change while the run works shows on the next rerun.
-    inputs, options = run.input_state(), option_files(config)
+    inputs = run.input_state()  # before reading: a change while the run works shows on the next rerun
     data, reference = load_run(run, threads=torch.get_num_threads())
     timings["LoadSeconds"] = time.perf_counter() - t0
 
@@ -179,8 +184,8 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         torch_threads=torch.get_num_threads(), inputs=[f"bids:raw:{f}" for f in run.relative_files()],
         input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
         field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
-        mask_source=mask_source, mask_voxels=int(mask.sum()), methods=records, comparison=comparison_record(results), timings=timings,
-        outputs={k: v.name for k, v in outputs.items()})
+        mask_source=mask_source, mask_voxels=int(mask.sum()), methods=records,
+        comparison=comparison_record(results), timings=timings, outputs={k: v.name for k, v in outputs.items()})
     outputs["provenance"] = dataset.write_provenance(run, provenance)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
     return RunResult(run, outputs)
@@ -202,5 +207,6 @@ def _fit_memory(run: MegreRun, limit: int) -> None:
     if base + images + MIN_WORKING_BYTES > limit:
         raise ResourceError(f"{run.echo_files[0].parent}: run {run.name} needs about "
                             f"{format_bytes(base + images + MIN_WORKING_BYTES)} ({format_bytes(base)} for the "
-                            f"program, {format_bytes(images)} for the images), more than --mem {format_bytes(limit)}")
+                            f"program, {format_bytes(images)} for the images), more than --mem "
+                            f"{format_bytes(limit)}")
     set_working_memory(min(DEFAULT_WORKING_BYTES, limit - base - images))

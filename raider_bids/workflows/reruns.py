@@ -27,11 +27,12 @@ def option_files(config: Config) -> dict[str, dict[str, Any]]:
             for option, path in named.items() if path is not None}
 
 
-def why_redo(provenance: Provenance, config: Config, run: MegreRun) -> str | None:
+def why_redo(provenance: Provenance, config: Config, files: dict[str, dict[str, Any]], run: MegreRun) -> str | None:
     """Why a finished run's outputs no longer hold (made with other options or another version, or
-    from inputs that changed since), or None. A file an option names counts by its content: the
-    same mask at another path (moved, or mounted elsewhere in a container) is the same input."""
-    current, files = json.loads(json.dumps(config.result_options(), default=str)), option_files(config)
+    from inputs that changed since), or None; `files` is option_files(config). A file an option
+    names counts by its content: the same mask at another path (moved, or mounted elsewhere in a
+    container) is the same input."""
+    current = json.loads(json.dumps(config.result_options(), default=str))
     if (provenance.software.get("raider-bids") != __version__
             or _by_content(provenance.configuration, provenance.option_files, current) != _by_content(
                 current, files, current)):
