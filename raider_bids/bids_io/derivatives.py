@@ -119,14 +119,14 @@ class RunOutputs(RunEntities):
         return not self.missing
 
     def method_maps(self) -> dict[str, dict[str, Path]]:
-        """Per method the run was processed with, the files of its parameter maps (suffix -> path):
-        the plain maps for one method, the desc-<method> variants for several."""
+        """Per method the run was processed with, the files of its parameter maps (parameter name,
+        as in the group table: PDFF, R2star, S0 -> path): the plain maps for one method, the
+        desc-<method> variants for several."""
         if self.provenance is None:
             return {}
-        suffixes = [p.suffix for p in PARAMETERS]
         if len(self.provenance.methods) < 2:
-            return {self.provenance.estimation.method: {s: self.files[s] for s in suffixes}}
-        return {m: {s: self.listed[f"{s}-{m}"] for s in suffixes} for m in self.provenance.methods}
+            return {self.provenance.estimation.method: {p.name: self.files[p.suffix] for p in PARAMETERS}}
+        return {m: {p.name: self.listed[f"{p.suffix}-{m}"] for p in PARAMETERS} for m in self.provenance.methods}
 
 
 class DerivativesDataset:

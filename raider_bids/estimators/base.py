@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import Method, TrainingSettings
+from ..physics.parameters import PARAMETERS
 from ..physics.signal_model import Acquisition
 from ..provenance import NetworkRecord
 
@@ -38,7 +39,7 @@ def choose_by_likelihood(water: dict[str, np.ndarray], fat: dict[str, np.ndarray
     """Per voxel, the water or the fat candidate with the lower NLL. Candidates hold
     s0, pdff, r2star_s and nll, each of shape (N,)."""
     chose_fat = fat["nll"] < water["nll"]
-    keys = ("pdff", "r2star_s", "s0")
+    keys = [p.key for p in PARAMETERS]
     pick = {k: np.where(chose_fat, fat[k], water[k]) for k in keys}
     return Estimates(**pick, log_likelihood_ratio=np.abs(water["nll"] - fat["nll"]), chose_fat=chose_fat,
                      candidates={"water": {k: water[k] for k in keys}, "fat": {k: fat[k] for k in keys}})

@@ -18,14 +18,15 @@ R2STAR_MAX_S = 2000.0  # 1/s: the fit's upper bound (MAGORINO's 2 ms^-1)
 @dataclass(frozen=True)
 class Parameter:
     name: str  # as in the group table's 'map' column
+    key: str  # in the package: the estimators' results and candidates
     suffix: str  # BIDS suffix of its map
     description: str
     units: str
     bounds: tuple[float, float | None]  # None: unbounded
 
 
-PDFF = Parameter("PDFF", "PDFFmap", "Proton density fat fraction, rho_F / (rho_W + rho_F)", "fraction (0-1)",
+PDFF = Parameter("PDFF", "pdff", "PDFFmap", "Proton density fat fraction, rho_F / (rho_W + rho_F)", "fraction (0-1)",
                  (0.0, 1.0))
-R2STAR = Parameter("R2star", "R2starmap", "Transverse relaxation rate R2*", "1/s", (0.0, R2STAR_MAX_S))
-S0 = Parameter("S0", "S0map", "Signal at echo time 0 given by the fitted model", "arbitrary", (0.0, None))
+R2STAR = Parameter("R2star", "r2star_s", "R2starmap", "Transverse relaxation rate R2*", "1/s", (0.0, R2STAR_MAX_S))
+S0 = Parameter("S0", "s0", "S0map", "Signal at echo time 0 given by the fitted model", "arbitrary", (0.0, None))
 PARAMETERS = (PDFF, R2STAR, S0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..physics.parameters import PDFF_BOUNDARY
+from ..physics.parameters import PARAMETERS, PDFF_BOUNDARY
 
 # statistic -> (description, units): the keys of agreement(), in the order reports show them.
 AGREEMENT = {
@@ -23,8 +23,9 @@ AGREEMENT = {
 def agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float | int | None]:
     """The AGREEMENT statistics of `other` against `reference`, each a dict of 'pdff', 'r2star_s'
     and 's0' arrays over the same voxels; None where a statistic has no voxels."""
-    ref = {k: np.asarray(reference[k], dtype=np.float64).ravel() for k in ("pdff", "r2star_s", "s0")}
-    oth = {k: np.asarray(other[k], dtype=np.float64).ravel() for k in ("pdff", "r2star_s", "s0")}
+    keys = [p.key for p in PARAMETERS]
+    ref = {k: np.asarray(reference[k], dtype=np.float64).ravel() for k in keys}
+    oth = {k: np.asarray(other[k], dtype=np.float64).ravel() for k in keys}
     finite = np.logical_and.reduce([np.isfinite(v) for v in (*ref.values(), *oth.values())])
     ref = {k: v[finite] for k, v in ref.items()}
     oth = {k: v[finite] for k, v in oth.items()}

@@ -17,7 +17,7 @@ from ..bids_io.rois import Roi, applies_to, find_roi_files, load_rois
 from ..config import Config
 from ..errors import InputDataError, MissingInputError, NoFilesSelectedError
 from ..reports.pages import group_report
-from ..reports.roistats import COLUMNS, DATA_DICTIONARY, STATISTIC_MAPS, roi_rows
+from ..reports.roistats import COLUMNS, DATA_DICTIONARY, roi_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,10 @@ def group(config: Config) -> GroupResult:
     roi_files = find_roi_files(list(config.roi_datasets)) if config.roi_datasets else []
     rows: list[dict] = []
     summarised: list[RunOutputs] = []
-    by_suffix = {suffix: name for name, suffix in STATISTIC_MAPS.items()}
     for run in (r for r in found if r.finished):
         try:
             reference, foreground = _load_output(run.files["mask"])
-            method_maps = {method: {by_suffix[suffix]: _load_output(path)[1] for suffix, path in files.items()}
+            method_maps = {method: {name: _load_output(path)[1] for name, path in files.items()}
                            for method, files in run.method_maps().items()}
         except InputDataError as exc:
             problems[run.name] = f"failed: {exc}"

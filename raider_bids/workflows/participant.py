@@ -20,6 +20,7 @@ from ..errors import InputDataError, RaiderError, ResourceError
 from ..estimators import Estimates, Estimator, get_estimator, resolve_device
 from ..estimators.base import ProgressCallbackFactory
 from ..physics.fat_spectrum import load_fat_spectrum
+from ..physics.parameters import PARAMETERS
 from ..physics.signal_model import Acquisition
 from ..preprocessing.mask import foreground_mask, usable_voxels
 from ..preprocessing.noise import estimate_sigma
@@ -192,11 +193,10 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
 
 
 def _method_outputs(estimator: Estimator, estimates: Estimates) -> MethodOutputs:
-    maps = {"PDFFmap": estimates.pdff, "R2starmap": estimates.r2star_s, "S0map": estimates.s0}
+    maps = {p.suffix: getattr(estimates, p.key) for p in PARAMETERS}
     if estimates.log_likelihood_ratio is not None:
         maps["LLRmap"] = estimates.log_likelihood_ratio
-    candidates = {kind: {"PDFFmap": c["pdff"], "R2starmap": c["r2star_s"], "S0map": c["s0"]}
-                  for kind, c in estimates.candidates.items()}
+    candidates = {kind: {p.suffix: c[p.key] for p in PARAMETERS} for kind, c in estimates.candidates.items()}
     return MethodOutputs(estimator.method, maps, candidates, estimates.weights)
 
 

@@ -9,7 +9,7 @@ from importlib import metadata
 
 from .. import __version__
 from ..estimators import Estimates, Estimator
-from ..physics.parameters import PDFF_BOUNDARY
+from ..physics.parameters import PARAMETERS, PDFF_BOUNDARY
 from ..provenance import ComparisonRecord, EstimationRecord
 from ..reports.comparison import agreement
 
@@ -43,4 +43,4 @@ def comparison_record(results: dict[str, Estimates]) -> ComparisonRecord | None:
 
 
 def _parameters(estimates: Estimates) -> dict:
-    return {"pdff": estimates.pdff, "r2star_s": estimates.r2star_s, "s0": estimates.s0}
+    return {p.key: getattr(estimates, p.key) for p in PARAMETERS}
