@@ -79,6 +79,10 @@ METHODS = {m.name: m for m in (
 DEFAULT_METHOD = "ssl"
 DEFAULT_SPECTRUM = "hernando"  # a preset of raider_bids.physics.fat_spectrum
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available
+# How each voxel's water or fat candidate is chosen: "spatial", a graph cut over the run's grid
+# that also weighs the neighbours (choice.spatial); "voxel", the paper's per-voxel likelihood.
+CHOICES = ("spatial", "voxel")
+DEFAULT_CHOICE = "spatial"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Config:
     mask_file: Path | None = None
     roi_datasets: tuple[Path, ...] = ()
     methods: tuple[str, ...] = (DEFAULT_METHOD,)  # the first is the primary
+    choice: str = DEFAULT_CHOICE
     write_candidates: bool = False
     training: TrainingSettings = field(default_factory=lambda: TRAINING_PRESETS[DEFAULT_TRAINING])
     random_seed: int = 0
@@ -118,5 +123,5 @@ class Config:
 # Options that change the maps (threads, device and paths change at most the last bits, or nothing):
 # a finished run made with other values of these is recomputed, not skipped. For mask_file and a
 # fat_spectrum file, their content counts, not their path (the provenance's OptionFiles).
-RESULT_OPTIONS = ("field_strength_t", "fat_spectrum", "sigma", "mask_file", "methods", "write_candidates",
-                  "training", "random_seed")
+RESULT_OPTIONS = ("field_strength_t", "fat_spectrum", "sigma", "mask_file", "methods", "choice",
+                  "write_candidates", "training", "random_seed")

@@ -6,7 +6,7 @@ check read its fields. Torch-free and stdlib-only, so that any layer may use it.
 
 `to_json` writes schema version SCHEMA_VERSION; `from_json` also reads files written before the
 schema had a version (version 1: no SchemaVersion key, each method's own keys beside the common
-ones, `ShareFatDominant` for the single network).
+ones, `ShareFatDominant` for the single network) and version 2 (no Identifiability, no Choice).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_NETWORK_LOSS = "Rician NLL per voxel"  # the self-supervised networks' loss, unnamed in version 1
 
 
@@ -50,6 +50,24 @@ class NetworkRecord:
 
 
 @dataclass
+class ChoiceRecord:
+    """How a method chose, per voxel, between its water- and its fat-dominant candidate."""
+
+    mode: str  # "spatial" (graph cut over the run's grid) or "voxel" (the paper's per-voxel likelihood)
+    ambiguous_share: float  # share of the mask whose candidates' log-likelihoods differ by < 1 nat
+    changed_share: float  # share of the mask whose side the spatial choice changed (0 for "voxel")
+    details: dict[str, Any] = field(default_factory=dict)  # the rule and its numbers
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Mode": self.mode, "AmbiguousShare": self.ambiguous_share, "ChangedShare": self.changed_share,
+                "Details": self.details}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChoiceRecord:
+        return cls(d["Mode"], d["AmbiguousShare"], d["ChangedShare"], dict(d.get("Details", {})))
+
+
+@dataclass
 class EstimationRecord:
     """What one method did: the same keys for every method; what only one method has is in `details`."""
 
@@ -62,16 +80,17 @@ class EstimationRecord:
     training_settings: dict[str, Any] | None = None  # None: nothing trained
     networks: list[NetworkRecord] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the fit's optimiser, the training voxels
+    choice: ChoiceRecord | None = None  # None: one candidate (the single network), or written before version 3
 
     _KEYS = ("Method", "Description", "Reference", "Seconds", "ShareChoosingFat", "ShareChoosingWater",
-             "PDFFBoundary", "TrainingSettings", "Networks", "Details")
+             "PDFFBoundary", "TrainingSettings", "Networks", "Details", "Choice")
 
     def to_json(self) -> dict[str, Any]:
         return {"Method": self.method, "Description": self.description, "Reference": self.reference,
                 "Seconds": round(self.seconds, 3), "ShareChoosingFat": self.share_choosing_fat,
                 "ShareChoosingWater": 1 - self.share_choosing_fat, "PDFFBoundary": self.pdff_boundary,
                 "TrainingSettings": self.training_settings, "Networks": [n.to_json() for n in self.networks],
-                "Details": self.details}
+                "Details": self.details, "Choice": self.choice.to_json() if self.choice else None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EstimationRecord:
@@ -83,7 +102,8 @@ class EstimationRecord:
         return cls(method=d["Method"], description=d["Description"], reference=d.get("Reference", ""),
                    seconds=d.get("Seconds", 0.0), share_choosing_fat=fat,
                    pdff_boundary=d.get("PDFFBoundary", _V1_BOUNDARY), training_settings=d.get("TrainingSettings"),
-                   networks=[NetworkRecord.from_json(n) for n in d.get("Networks", [])], details=details)
+                   networks=[NetworkRecord.from_json(n) for n in d.get("Networks", [])], details=details,
+                   choice=ChoiceRecord.from_json(d["Choice"]) if d.get("Choice") else None)
 
 
 _V1_BOUNDARY = 0.58  # version 1 did not record it for the fit and the single network
@@ -101,6 +121,34 @@ class NoiseRecord:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NoiseRecord:
         return cls(d["Sigma"], d["Method"], d.get("NumberOfVoxels"))
+
+
+@dataclass
+class IdentifiabilityRecord:
+    """Whether the run's protocol lets magnitude data tell the water- and the fat-dominant
+    solution apart over the tissue range, judged before estimating (physics.identifiability)."""
+
+    verdict: str  # "reliable" or "unreliable"
+    snr: float  # median over the mask of the first echo / sigma, the SNR the check used
+    unresolved_share: float  # share of the tissue range whose degenerate partner the data cannot reject
+    median_gap_nats: float  # median over the tissue range of the expected log-likelihood gap of the pair
+    reason: str = ""  # why unreliable (echo count, spacing, field); "" when reliable
+    advice: str = ""  # what would help; "" when reliable
+    details: dict[str, Any] = field(default_factory=dict)  # how it was computed: tissue range, thresholds
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict != "reliable"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Verdict": self.verdict, "MedianSNR": self.snr, "UnresolvedShare": self.unresolved_share,
+                "MedianGapNats": self.median_gap_nats, "Reason": self.reason, "Advice": self.advice,
+                "Details": self.details}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> IdentifiabilityRecord:
+        return cls(d["Verdict"], d["MedianSNR"], d["UnresolvedShare"], d["MedianGapNats"], d.get("Reason", ""),
+                   d.get("Advice", ""), dict(d.get("Details", {})))
 
 
 @dataclass
@@ -141,6 +189,7 @@ class Provenance:
     comparison: ComparisonRecord | None  # with several methods
     timings: dict[str, float]  # seconds per step
     outputs: dict[str, str]  # output key (PDFFmap, PDFFmap-fit, weights-water, ...) -> file name beside this one
+    identifiability: IdentifiabilityRecord | None = None  # None: written before version 3
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -157,6 +206,7 @@ class Provenance:
             "OptionFiles": self.option_files, "EchoTime": self.echo_times_s,
             "MagneticFieldStrength": self.field_strength_t, "FatSpectrum": self.fat_spectrum,
             "Noise": self.noise.to_json(), "Mask": {"Source": self.mask_source, "Voxels": self.mask_voxels},
+            "Identifiability": self.identifiability.to_json() if self.identifiability else None,
             "Estimation": self.estimation.to_json(),
             # One method: its record is Estimation alone (as in version 1).
             **({"Methods": {k: v.to_json() for k, v in self.methods.items()},
@@ -181,4 +231,6 @@ class Provenance:
                    mask_source=d["Mask"]["Source"], mask_voxels=d["Mask"]["Voxels"],
                    methods=methods or {estimation.method: estimation}, comparison=comparison,
                    timings=dict(d["Timings"]), outputs=dict(d.get("Outputs", {})),
+                   identifiability=(IdentifiabilityRecord.from_json(d["Identifiability"])
+                                    if d.get("Identifiability") else None),
                    schema_version=d.get("SchemaVersion", 1))

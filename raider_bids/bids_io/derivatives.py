@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 BIDS_VERSION = "1.10.0"
 # The validator flags the figures directories themselves: a pattern with a trailing slash misses them.
-BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_provenance.json", "*_weights.pt", "*.html", "figures",
+BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_SideProbmap.*", "*_PDFFsdmap.*", "*_R2starsdmap.*",
+              "*_provenance.json", "*_weights.pt", "*.html", "figures",
               "group_roistats.*")
 # What a finished run has; the provenance is written last, so it marks a run as finished.
 RUN_OUTPUTS = ("PDFFmap", "R2starmap", "S0map", "mask", "provenance")
@@ -39,8 +40,19 @@ CANDIDATES = {
 # suffix -> (Description, Units)
 MAPS = {p.suffix: (f"{p.description}; 0 outside the mask", p.units) for p in PARAMETERS} | {
     "LLRmap": ("How strongly the data prefer the chosen solution: Rician log-likelihood of the chosen "
-               "candidate minus that of the other (water vs fat); near 0 = ambiguous; 0 outside the mask",
+               "candidate minus that of the other (water vs fat); near 0 = ambiguous; negative where the "
+               "spatial choice followed the neighbours against the voxel's own data; 0 outside the mask",
                "nats"),
+    "SideProbmap": ("Probability that the chosen side (water- or fat-dominant) is right, from the two "
+                    "candidates' Rician likelihoods (equal prior odds) and, with the spatial choice, the "
+                    "neighbourhood term given the neighbours' chosen sides; 0 outside the mask",
+                    "probability (0-1)"),
+    "PDFFsdmap": ("Cramer-Rao lower bound on the standard deviation of PDFF at the estimate, from the "
+                  "Rician Fisher information of the magnitude model (S0, PDFF, R2* unknown); 0 outside "
+                  "the mask", "fraction (0-1)"),
+    "R2starsdmap": ("Cramer-Rao lower bound on the standard deviation of R2* at the estimate, from the "
+                    "Rician Fisher information of the magnitude model (S0, PDFF, R2* unknown); 0 outside "
+                    "the mask", "1/s"),
 }
 
 
@@ -64,6 +76,8 @@ Per MEGRE run, in sub-<label>/[ses-<label>/]anat/:
   *_R2starmap.nii.gz  R2* (1/s)
   *_S0map.nii.gz      signal at echo time 0 (image units)
   *_LLRmap.nii.gz     log-likelihood of the chosen (water or fat) solution minus the other (nats)
+  *_SideProbmap.nii.gz  probability that the chosen side (water or fat) is right
+  *_PDFFsdmap.nii.gz, *_R2starsdmap.nii.gz  Cramer-Rao standard deviations of PDFF and R2*
   *_desc-water_*map, *_desc-fat_*map  the two candidates (with --write-candidates)
   *_desc-<method>_*map  each method's maps, when several were run (--method ssl fit supervised);
                       the first method's maps are also under the plain names

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..bids_io.raw import check_labels
-from ..config import DEFAULT_TRAINING, DEVICES, METHODS, TRAINING_PRESETS, Config
+from ..config import CHOICES, DEFAULT_TRAINING, DEVICES, METHODS, TRAINING_PRESETS, Config
 from ..errors import UnknownLevelError, UsageError
 from ..physics.fat_spectrum import PRESETS
 from ..resources import parse_memory
@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                           + ". Several (e.g. --method ssl fit supervised): each method's maps are written "
                           "as desc-<method> variants, the first's also under the plain names, and the report "
                           "compares the others with the first")
+    est.add_argument("--choice", choices=CHOICES, default=_DEFAULTS.choice,
+                     help="how each voxel's water- or fat-dominant candidate is chosen: spatial = a graph cut "
+                          "that weighs each voxel's likelihoods against its neighbours' PDFF (real tissue is "
+                          "piecewise smooth); voxel = the paper's per-voxel likelihood choice")
     est.add_argument("--write-candidates", action="store_true",
                      help="also write the water and fat candidates' maps (desc-water, desc-fat) of the "
                           "(first) method")
@@ -190,7 +194,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         session_labels=tuple(args.session_label or ()),
         bids_filter_file=args.bids_filter_file, field_strength_t=args.field_strength,
         fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask,
-        methods=tuple(dict.fromkeys(args.method)),
+        methods=tuple(dict.fromkeys(args.method)), choice=args.choice,
         roi_datasets=tuple(p.resolve() for p in args.roi_dataset or ()),
         write_candidates=args.write_candidates,
         training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs, mem_bytes=args.mem,

@@ -12,6 +12,10 @@ PDFF_RANGES: dict[str, tuple[float, float]] = {
     "fat": (PDFF_BOUNDARY, 1.0),
     "full": (0.0, 1.0),  # the naive, unconstrained baseline
 }
+# Log-likelihood ratios (nats) between a voxel's two candidates: below AMBIGUOUS the data barely
+# prefer one side; from RELIABLE on, the per-voxel choice is right (measured on synthetic truth).
+AMBIGUOUS_LLR_NATS = 1.0
+RELIABLE_LLR_NATS = 5.0
 R2STAR_MAX_S = 2000.0  # 1/s: the fit's upper bound (MAGORINO's 2 ms^-1)
 
 
