@@ -108,13 +108,15 @@ def main() -> None:
             walls.append(wall)
             rsses.append(rss)
         wall, rss = float(np.median(walls)), max(rsses)
-        estimation = json.loads((out / "sub-01/anat/sub-01_provenance.json").read_text())["Timings"]["EstimationSeconds"]
+        timings = json.loads((out / "sub-01/anat/sub-01_provenance.json").read_text())["Timings"]
+        estimation, choice = timings["EstimationSeconds"], timings.get("ChoiceSeconds", 0.0)
         pdff, rows = accuracy(out, truth)
         n = sum(r["voxels"] for r in rows.values())
         swap = sum(r["swap"] * r["voxels"] for r in rows.values()) / n
         mae = sum(r["pdff_mae"] * r["voxels"] for r in rows.values()) / n
         print(f"\n--method {method} {' '.join(args.extra)}: {wall:.1f} s wall (median of "
-              f"{', '.join(f'{w:.1f}' for w in walls)}; estimation {estimation:.1f} s in the last), peak RSS {rss:.2f} GB, "
+              f"{', '.join(f'{w:.1f}' for w in walls)}; estimation {estimation:.1f} s in the last, the "
+              f"water/fat choice {choice:.2f} s = {100 * choice / estimation:.1f}% of it), peak RSS {rss:.2f} GB, "
               f"{n / wall:,.0f} tissue voxels/s; swaps {100 * swap:.2f}%, PDFF MAE {mae:.4f}")
         for name, r in rows.items():
             print(f"  {name:<18}{r['voxels']:>9} voxels  swaps {100 * r['swap']:6.2f}%  "

@@ -124,7 +124,9 @@ def test_provenance(dataset, maps):
 
 
 def test_saved_weights_reproduce_the_maps(dataset, maps):
-    """The weights load with weights_only=True and, fed the input signals, give the PDFF map."""
+    """The weights load with weights_only=True and, fed the input signals, give the PDFF map: the
+    more likely candidate wherever the LLR map is >= 0, the other where the spatial choice
+    followed the neighbours (LLR < 0, equal to the candidates' NLL difference)."""
     root, _, _ = dataset
     anat = root / "out" / "sub-01" / "anat"
     sigma = json.loads((anat / "sub-01_provenance.json").read_text())["Noise"]["Sigma"]
@@ -139,9 +141,13 @@ def test_saved_weights_reproduce_the_maps(dataset, maps):
         model.load_state_dict(saved["state_dict"])
         assert saved["kind"] == kind
         candidates[kind] = predict(model, x, sig)[0]  # S0 normalised; only PDFF is compared
-    chosen = np.where(candidates["fat"]["nll"] < candidates["water"]["nll"],
-                      candidates["fat"]["pdff"], candidates["water"]["pdff"])
+    llr = _load(anat / "sub-01_LLRmap.nii.gz")[mask]
+    likelier_fat = candidates["fat"]["nll"] < candidates["water"]["nll"]
+    chose_fat = np.where(llr >= 0, likelier_fat, ~likelier_fat)
+    chosen = np.where(chose_fat, candidates["fat"]["pdff"], candidates["water"]["pdff"])
     np.testing.assert_allclose(chosen, maps["PDFFmap"][mask], atol=1e-5)
+    np.testing.assert_allclose(np.abs(llr), np.abs(candidates["fat"]["nll"] - candidates["water"]["nll"]),
+                               rtol=1e-4, atol=1e-3)
 
 
 def _run_short(root: Path, out: str, seed: int) -> dict[str, np.ndarray]:

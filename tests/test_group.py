@@ -326,8 +326,8 @@ def test_roi_errors_exit_65(simple, tmp_path, prepare):
     code, err = run_main(simple["bids"], out, "group", "--roi-dataset", roi)
     assert code == 65, err
     assert_one_error(err, name)
-    assert not (out / "group_roistats.tsv").exists()
-    assert not list(out.rglob(".group_roistats*")), "temporary file left behind"
+    assert not (out / "group_roistats.tsv").exists() and not (out / "group_qc.tsv").exists()
+    assert not list(out.rglob(".group_*")), "temporary file left behind"
     assert snapshot(roi) == roi_before
 
 
@@ -576,3 +576,96 @@ def test_lookup_table_beside_the_image_wins(simple, tmp_path):
     rois = {"besideliver": labels == 2, "toplevelone": labels == 1, "toplevelfive": labels == 5}
     for (source, name, _), row in table.items():
         check_row(row, out / source / "anat", rois[name])
+
+
+# ---------------------------------------------------------------- quality control (issue 15)
+
+QC_COLUMNS = ["participant_id", "session_id", "run", "source", "method", "choice_mode", "identifiability",
+              "flagged", "median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
+              "reason", "advice"]
+QC_NUMBERS = {"median_snr": "MedianSNR", "unresolved_share": "UnresolvedShare", "median_gap_nats": "MedianGapNats"}
+
+
+def read_qc(out: Path) -> list[dict[str, str]]:
+    text = (out / "group_qc.tsv").read_text()
+    lines = text.splitlines()
+    assert lines[0].split("\t") == QC_COLUMNS, lines[:1]
+    assert all(line.count("\t") == len(QC_COLUMNS) - 1 for line in lines), "ragged TSV"
+    assert "" not in (cell for line in lines for cell in line.split("\t")), "empty cell instead of n/a"
+    return list(csv.DictReader(io.StringIO(text), delimiter="\t"))
+
+
+def quality_section(out: Path) -> str:
+    html = (out / "group.html").read_text()
+    assert 'id="quality"' in html
+    return html.split('id="quality"', 1)[1].split("<h2", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def qc(simple, tmp_path_factory):
+    """The group level on sub-01 checked reliable and sub-02 flagged unreliable (after sub-01 by
+    name, so that flagged-first is not the name order)."""
+    from test_reports import RELIABLE, SPATIAL, UNRELIABLE, set_quality
+
+    out = copy_participant_outputs(simple["template"], tmp_path_factory.mktemp("qc") / "out")
+    set_quality(out, "01", RELIABLE, SPATIAL, uncertainty=True)
+    set_quality(out, "02", UNRELIABLE, {**SPATIAL, "Mode": "voxel", "ChangedShare": 0.0}, uncertainty=True)
+    code, err = run_main(simple["bids"], out, "group")
+    return {"out": out, "code": code, "err": err, "records": {"sub-01": RELIABLE, "sub-02": UNRELIABLE}}
+
+
+def test_qc_table_has_one_row_per_run_from_its_provenance(qc):
+    assert qc["code"] == 0, qc["err"]
+    rows = read_qc(qc["out"])
+    assert [r["source"] for r in rows] == ["sub-01", "sub-02"]
+    for row in rows:
+        record = qc["records"][row["source"]]
+        assert row["participant_id"] == row["source"] and row["session_id"] == "n/a" and row["run"] == "n/a"
+        assert row["method"] == "fit"
+        assert row["identifiability"] == record["Verdict"]
+        for column, key in QC_NUMBERS.items():
+            assert float(row[column]) == pytest.approx(record[key]), column
+        assert float(row["ambiguous_share"]) == pytest.approx(0.123)
+    reliable, flagged = rows
+    assert reliable["flagged"] == "false" and reliable["reason"] == reliable["advice"] == "n/a"
+    assert reliable["choice_mode"] == "spatial" and float(reliable["changed_share"]) == pytest.approx(0.0456)
+    assert flagged["flagged"] == "true" and flagged["reason"] == qc["records"]["sub-02"]["Reason"]
+    assert flagged["advice"] == qc["records"]["sub-02"]["Advice"]
+    assert flagged["choice_mode"] == "voxel" and float(flagged["changed_share"]) == 0
+    assert re.search(r"sub-02.*unreliable", qc["err"]), qc["err"]  # the log says so too
+
+
+def test_qc_data_dictionary_describes_every_column(qc):
+    dictionary = json.loads((qc["out"] / "group_qc.json").read_text())
+    assert set(dictionary) == set(QC_COLUMNS), sorted(set(dictionary) ^ set(QC_COLUMNS))
+    for column, entry in dictionary.items():
+        assert isinstance(entry.get("Description"), str) and entry["Description"].strip(), column
+    for column in ("median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share"):
+        assert dictionary[column].get("Units"), column
+    for row in read_qc(qc["out"]):  # every categorical value written is a documented level
+        for column in ("method", "choice_mode", "identifiability", "flagged"):
+            assert row[column] in dictionary[column]["Levels"], (column, row[column])
+
+
+def test_group_page_lists_flagged_runs_first_with_their_reasons(qc):
+    section = quality_section(qc["out"])
+    assert section.index("sub-02") < section.index("sub-01")
+    assert qc["records"]["sub-02"]["Reason"] in section and qc["records"]["sub-02"]["Advice"] in section
+    assert "1 of 2 run(s) flagged" in section
+    assert 'href="group_qc.tsv"' in section and 'href="group_qc.json"' in section
+    assert 'href="sub-02.html#sub-02"' in section  # to the run's section on its participant page
+
+
+def test_a_run_written_before_the_check_is_not_flagged(simple, tmp_path):
+    from test_reports import set_quality
+
+    out = copy_participant_outputs(simple["template"], tmp_path / "out")
+    set_quality(out, "01", None, None, uncertainty=False, old=True)
+    code, err = run_main(simple["bids"], out, "group")
+    assert code == 0, err
+    old = next(r for r in read_qc(out) if r["source"] == "sub-01")
+    assert old["flagged"] == "false"
+    for column in ("identifiability", "choice_mode", *QC_NUMBERS, "ambiguous_share", "changed_share", "reason"):
+        assert old[column] == "n/a", column
+    section = quality_section(out)
+    assert "not checked" in section and "unreliable" not in section.replace("No run flagged", "")

@@ -59,7 +59,10 @@ def test_pages_are_self_contained_and_their_figures_exist(outputs, page):
     for src in parsed.images:
         assert (outputs / src).read_bytes()[:8] == PNG_MAGIC, src
     for href in parsed.links:
-        assert (outputs / href).is_file(), href
+        target, _, anchor = href.partition("#")
+        assert (outputs / target).is_file(), href
+        if anchor:
+            assert f'id="{anchor}"' in (outputs / target).read_text(), href
 
 
 def test_participant_page_shows_every_map_training_and_provenance(outputs):
@@ -130,3 +133,179 @@ def test_a_figure_that_cannot_be_drawn_leaves_a_note_not_a_failure(tmp_path, mon
     assert "could not be drawn (cannot draw this)" in page.read_text()
     for src in _parse(page).images:
         assert (tmp_path / "out" / src).read_bytes()[:8] == PNG_MAGIC
+
+
+# ---------------------------------------------------------------- quality control and uncertainty (issue 15)
+
+UNCERTAINTY = ("SideProbmap", "PDFFsdmap", "R2starsdmap")
+UNRELIABLE = {"Verdict": "unreliable", "MedianSNR": 7.25, "UnresolvedShare": 0.625, "MedianGapNats": 0.4,
+              "Reason": "three echoes closely spaced at 1.5 T cannot separate water from fat",
+              "Advice": "acquire at least six echoes spaced by about 1.2 ms", "Details": {}}
+RELIABLE = {"Verdict": "reliable", "MedianSNR": 61.5, "UnresolvedShare": 0.0, "MedianGapNats": 42.0,
+            "Reason": "", "Advice": "", "Details": {}}
+SPATIAL = {"Mode": "spatial", "AmbiguousShare": 0.123, "ChangedShare": 0.0456, "Details": {}}
+
+
+def set_quality(out: Path, subject: str, identifiability: dict | None, choice: dict | None,
+                uncertainty: bool, old: bool = False) -> None:
+    """Make sub-<subject>'s finished run look as the participant level of schema 3 writes it (the
+    given identifiability and choice records, uncertainty maps if asked), or, with `old`, as
+    schema 2 wrote it: no identifiability or choice record, no uncertainty maps listed or on disk."""
+    import nibabel as nib
+
+    anat = out / f"sub-{subject}" / "anat"
+    path = anat / f"sub-{subject}_provenance.json"
+    record = json.loads(path.read_text())
+    record["Identifiability"] = None if old else identifiability
+    for method in [record["Estimation"], *record.get("Methods", {}).values()]:
+        method["Choice"] = None if old else choice
+    if old:
+        record["SchemaVersion"] = 2
+    for key in [k for k in record["Outputs"] if k.split("-")[0] in UNCERTAINTY]:
+        image = anat / record["Outputs"].pop(key)
+        image.unlink(missing_ok=True)
+        image.with_name(image.name.replace(".nii.gz", ".json")).unlink(missing_ok=True)
+    mask_img = nib.load(anat / f"sub-{subject}_desc-foreground_mask.nii.gz")
+    mask = np.asarray(mask_img.dataobj) > 0
+    rng = np.random.default_rng(int(subject))
+    values = {"SideProbmap": rng.uniform(0.5, 1.0, mask.shape), "PDFFsdmap": rng.gamma(2.0, 0.01, mask.shape),
+              "R2starsdmap": rng.gamma(2.0, 3.0, mask.shape)}
+    for suffix in UNCERTAINTY:
+        target = anat / f"sub-{subject}_{suffix}.nii.gz"
+        target.unlink(missing_ok=True)
+        if uncertainty and not old:
+            nib.save(nib.Nifti1Image(np.where(mask, values[suffix], 0).astype(np.float32), mask_img.affine), target)
+            record["Outputs"][suffix] = target.name
+    path.write_text(json.dumps(record, indent=2))
+
+
+class _Banners(HTMLParser):
+    """The text of each element of class 'banner', and the images that come before the first banner."""
+
+    def __init__(self):
+        super().__init__()
+        self.banners, self.images_before, self._depth = [], 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        if self._depth:
+            self._depth += 1
+        elif "banner" in (dict(attrs).get("class") or "").split():
+            self.banners.append("")
+            self._depth = 1
+        elif tag == "img" and not self.banners:
+            self.images_before += 1
+
+    def handle_endtag(self, tag):
+        self._depth = max(0, self._depth - 1)
+
+    def handle_data(self, data):
+        if self._depth:
+            self.banners[-1] += data
+
+
+def _banners(page: Path) -> _Banners:
+    parser = _Banners()
+    parser.feed(page.read_text())
+    return parser
+
+
+@pytest.fixture(scope="module")
+def quality_pages(tmp_path_factory):
+    """Three runs' reports: sub-01 flagged unreliable, sub-02 reliable (both with the uncertainty
+    maps), sub-03 as written before schema 3."""
+    from raider_bids.bids_io.derivatives import DerivativesDataset
+    from raider_bids.reports.pages import participant_report
+
+    root = tmp_path_factory.mktemp("quality")
+    write_dataset(root / "bids", shape=(16, 16, 2), subjects=("01", "02", "03"), seed=3)
+    assert main([str(root / "bids"), str(root / "out"), "participant", "--method", "fit", "--nprocs", "1"]) == 0
+    out = root / "out"
+    set_quality(out, "01", UNRELIABLE, SPATIAL, uncertainty=True)
+    set_quality(out, "02", RELIABLE, SPATIAL, uncertainty=True)
+    set_quality(out, "03", None, None, uncertainty=False, old=True)
+    dataset = DerivativesDataset(out)
+    for subject in ("01", "02", "03"):
+        run = dataset.subject_outputs(subject)
+        assert run.finished, run.missing
+        participant_report(dataset, subject, [run], root / "bids")
+    return out
+
+
+def test_a_flagged_run_has_a_banner_with_its_reason_and_advice(quality_pages):
+    page = quality_pages / "sub-01.html"
+    parsed = _banners(page)
+    # one for the page, one at the top of the run's section, both before any figure
+    assert len(parsed.banners) == 2 and parsed.images_before == 0, parsed.banners
+    for text in parsed.banners:
+        assert "unreliable" in text and UNRELIABLE["Reason"] in text, text
+    assert UNRELIABLE["Advice"] in parsed.banners[1]
+    section = page.read_text().split('<h2 id="sub-01">', 1)[1]
+    assert 'class="banner"' in section.split("<img", 1)[0]
+    assert 'href="#sub-01"' in page.read_text().split('<h2 id="sub-01">', 1)[0]  # the page banner links the run
+
+
+@pytest.mark.parametrize("subject", ["02", "03"], ids=["reliable", "old-provenance"])
+def test_no_banner_for_a_reliable_or_unchecked_run(quality_pages, subject):
+    page = quality_pages / f"sub-{subject}.html"
+    assert _banners(page).banners == []
+    assert "unreliable" not in page.read_text()
+    images = _parse(page).images
+    for key in ("PDFFmap", "R2starmap", "S0map", "histograms"):  # the page is otherwise as it was
+        assert f"sub-{subject}/figures/sub-{subject}_{key}.png" in images, key
+
+
+def _quality_table(page: Path) -> str:
+    return page.read_text().split("<h3>Quality control</h3>", 1)[1].split("<img", 1)[0]
+
+
+def test_the_quality_table_shows_the_recorded_check_and_choice(quality_pages):
+    table = _quality_table(quality_pages / "sub-01.html")
+    for expected in ("unreliable", "7.25", "62.5%", "spatial", "12.3%", "4.6%", "fit"):
+        assert expected in table, expected
+    table = _quality_table(quality_pages / "sub-02.html")
+    assert "reliable" in table and "61.5" in table and "unreliable" not in table
+    old = _quality_table(quality_pages / "sub-03.html")
+    assert "not checked" in old and "not recorded" in old
+
+
+def test_uncertainty_figures_are_drawn_when_the_maps_exist(quality_pages):
+    for subject in ("01", "02"):
+        images = _parse(quality_pages / f"sub-{subject}.html").images
+        for key in UNCERTAINTY:
+            src = f"sub-{subject}/figures/sub-{subject}_{key}.png"
+            assert src in images, src
+            assert (quality_pages / src).read_bytes()[:8] == PNG_MAGIC
+    images = _parse(quality_pages / "sub-03.html").images
+    assert not [src for src in images if any(key in src for key in UNCERTAINTY)], images
+
+
+def test_uncertainty_colour_ranges_and_units():
+    from raider_bids.reports.figures import PANELS, colour_limits, mosaic
+
+    rng = np.random.default_rng(0)
+    assert colour_limits("SideProbmap", rng.uniform(0.2, 1.0, 1000)) == (0.5, 1.0)
+    # a near-degenerate voxel's bound is huge (or infinite): the PDFF colours stop at 0.5
+    sd = np.concatenate([rng.uniform(0, 0.05, 1000), [np.inf, 40.0] * 50])
+    low, high = colour_limits("PDFFsdmap", sd)
+    assert low == 0 and high == 0.5
+    low, high = colour_limits("PDFFsdmap", rng.uniform(0, 0.05, 1000))
+    assert low == 0 and 0.045 < high <= 0.05
+    r2 = np.concatenate([rng.uniform(0, 10, 10000), [np.inf, np.nan, 1e6]])
+    low, high = colour_limits("R2starsdmap", r2)
+    assert low == 0 and 9 < high <= 10  # the outliers do not wash the map out
+    volume = rng.uniform(0, 10, (8, 8, 2))
+    for key, units in (("R2starsdmap", "1/s"), ("SideProbmap", "probability"), ("PDFFsdmap", "fraction")):
+        title, cmap, label = PANELS[key]
+        fig = mosaic(volume, [0, 1], title, cmap, colour_limits(key, volume), None, label)
+        assert units in fig.axes[1].get_ylabel(), (key, fig.axes[1].get_ylabel())
+
+
+def test_a_qc_row_keeps_free_text_in_one_cell():
+    from raider_bids.provenance import IdentifiabilityRecord
+    from raider_bids.reports.quality import QC_COLUMNS, RunQuality
+
+    check = IdentifiabilityRecord("unreliable", 5.0, 0.5, 0.1, "two\techoes\nonly", "")
+    row = RunQuality("sub-01_run-2", {"sub": "01", "run": "2"}, check, {"single": None}).row()
+    assert list(row) == QC_COLUMNS
+    assert row["reason"] == "two echoes only" and row["advice"] is None  # a tab would split the TSV row
+    assert row["flagged"] == "true" and row["run"] == "2" and row["choice_mode"] is None

@@ -29,7 +29,7 @@ BIDS_VERSION = "1.10.0"
 # The validator flags the figures directories themselves: a pattern with a trailing slash misses them.
 BIDSIGNORE = ("*_PDFFmap.*", "*_LLRmap.*", "*_SideProbmap.*", "*_PDFFsdmap.*", "*_R2starsdmap.*",
               "*_provenance.json", "*_weights.pt", "*.html", "figures",
-              "group_roistats.*")
+              "group_roistats.*", "group_qc.*")
 # What a finished run has; the provenance is written last, so it marks a run as finished.
 RUN_OUTPUTS = ("PDFFmap", "R2starmap", "S0map", "mask", "provenance")
 CANDIDATES = {
@@ -91,6 +91,7 @@ Reports (open in any browser, offline):
                       (figures in sub-<label>/figures/)
   group.html          ROI statistics across participants (figures in figures/)
   group_roistats.tsv  ROI statistics, one row per run x ROI x map (data dictionary in .json)
+  group_qc.tsv        quality control, one row per run: identifiability, water/fat choice (dictionary in .json)
 """
 
 

@@ -67,9 +67,10 @@ def write_grid_dataset(root: Path, repetitions: int, seed: int = 0) -> Path:
 
 def app_arguments(bids_dir: Path, out_dir: Path, mask: Path, method: str, seed: int,
                   extra: Sequence[str] = ()) -> list[str]:
-    """The participant-level command line of one method."""
+    """The participant-level command line of one method. The grid has no spatial structure (its
+    neighbours are unrelated signals), so each voxel's side is chosen on its own (--choice voxel)."""
     args = [str(bids_dir), str(out_dir), "participant", "--participant-label", SUBJECT, "--sigma", repr(SIGMA),
-            "--mask", str(mask), "--method", method, "--random-seed", str(seed), *extra]
+            "--mask", str(mask), "--method", method, "--random-seed", str(seed), "--choice", "voxel", *extra]
     return args + (["--write-candidates"] if method in ("ssl", "supervised") else [])
 
 

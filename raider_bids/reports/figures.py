@@ -8,24 +8,54 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..bids_io.derivatives import MAPS
 from ..physics.parameters import PDFF_BOUNDARY
 from ..provenance import NetworkRecord
 from .roistats import STATISTIC_MAPS
 
-# Display of each mosaic: title, colour map, how colour limits are set.
+# Display of each mosaic: title, colour map, colour bar label (the maps' units, as in their
+# sidecars); colour_limits sets the range.
 PANELS = {
-    "echo1": ("First echo (magnitude)", "gray"),
-    "PDFFmap": ("PDFF (fraction)", "magma"),
-    "R2starmap": ("R2* (1/s)", "inferno"),
-    "S0map": ("S0 (image units)", "gray"),
-    "confidence": ("Water/fat confidence: signed LLR (nats; + fat chosen, - water chosen)", "RdBu_r"),
+    "echo1": ("First echo (magnitude)", "gray", "image units"),
+    "PDFFmap": ("PDFF (fraction)", "magma", MAPS["PDFFmap"][1]),
+    "R2starmap": ("R2* (1/s)", "inferno", MAPS["R2starmap"][1]),
+    "S0map": ("S0 (image units)", "gray", MAPS["S0map"][1]),
+    "confidence": ("Water/fat confidence: signed LLR (nats; + fat chosen, - water chosen)", "RdBu_r",
+                   MAPS["LLRmap"][1]),
+    "SideProbmap": ("Probability that the chosen side (water or fat) is right", "viridis", MAPS["SideProbmap"][1]),
+    "PDFFsdmap": ("PDFF standard deviation (Cramer-Rao bound)", "plasma", MAPS["PDFFsdmap"][1]),
+    "R2starsdmap": ("R2* standard deviation (Cramer-Rao bound, 1/s)", "plasma", MAPS["R2starsdmap"][1]),
 }
+# The uncertainty panels, in the order the participant page shows them (absent maps are skipped).
+UNCERTAINTY_PANELS = ("SideProbmap", "PDFFsdmap", "R2starsdmap")
+# No distribution on [0, 1] has a standard deviation above 0.5: past it, a PDFF bound says "unknown".
+_MAX_PDFF_SD = 0.5
+
+
+def colour_limits(key: str, values: np.ndarray) -> tuple[float, float]:
+    """The colour range of a PANELS mosaic from its values over the mask (or the whole volume for
+    the first echo). Bounded quantities span their range: PDFF 0-1; the chosen side's probability
+    0.5-1 (0.5: a coin toss, the least a per-voxel choice can have; where the spatial choice
+    overruled a voxel's data it is below and shows as 0.5). Unbounded ones go from 0 to
+    their 99.5th percentile (upper_limit), so that a few outliers do not wash the map out; the PDFF
+    standard deviation is also capped at 0.5. The signed LLR is symmetric about 0, up to its 95th
+    percentile of |LLR| and at least 1 nat (the ambiguity threshold)."""
+    if key == "PDFFmap":
+        return 0.0, 1.0
+    if key == "SideProbmap":
+        return 0.5, 1.0
+    if key == "confidence":
+        finite = np.abs(values[np.isfinite(values)])
+        bound = max(1.0, float(np.percentile(finite, 95))) if finite.size else 1.0
+        return -bound, bound
+    top = upper_limit(values)
+    return 0.0, (min(top, _MAX_PDFF_SD) if key == "PDFFsdmap" else top)
 
 
 def mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits: tuple[float, float],
-            mask: np.ndarray | None) -> Figure:
+           mask: np.ndarray | None, units: str | None = None) -> Figure:
     """The slices side by side in one image (one Axes: a figure per slice costs layout time),
-    outside the mask black, with a colour bar."""
+    outside the mask black, with a colour bar labelled with `units`."""
     # rot90: the first (R) axis runs left to right, the second (A) upwards.
     planes = [np.rot90(volume[:, :, z] if mask is None else np.where(mask[:, :, z], volume[:, :, z], np.nan))
               for z in slices]
@@ -36,7 +66,7 @@ def mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits:
         tiled[:, i * (width + gap):i * (width + gap) + width] = plane
     image_h = 2.2  # inches
     image_w = image_h * tiled.shape[1] / height
-    fig_w, fig_h = max(6.0, image_w + 1.1), image_h + 0.65
+    fig_w, fig_h = max(6.0, image_w + (1.35 if units else 1.1)), image_h + 0.65
     fig = Figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes((0.1 / fig_w, 0.1 / fig_h, image_w / fig_w, image_h / fig_h))
     shown = ax.imshow(tiled, cmap=matplotlib.colormaps[cmap].with_extremes(bad="black"), vmin=limits[0],
@@ -47,7 +77,10 @@ def mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits:
         if i:
             ax.axvspan(left - gap - 0.5, left - 0.5, color="white")
         ax.text(left + width / 2, -0.01 * height, f"slice {z}", ha="center", va="bottom", fontsize=8)
-    fig.colorbar(shown, cax=fig.add_axes(((0.25 + image_w) / fig_w, 0.1 / fig_h, 0.15 / fig_w, image_h / fig_h)))
+    bar = fig.colorbar(shown, cax=fig.add_axes(((0.25 + image_w) / fig_w, 0.1 / fig_h, 0.15 / fig_w,
+                                                image_h / fig_h)))
+    if units:
+        bar.set_label(units, fontsize=8)
     fig.text(0.1 / fig_w, 1 - 0.08 / fig_h, title, ha="left", va="top", fontsize=10)
     return fig
 

@@ -1,5 +1,6 @@
-"""HTML reports made from the outputs on disk: one page per participant (slice mosaics, training
-curves, histograms, provenance) and a group page (ROI statistics across participants).
+"""HTML reports made from the outputs on disk: one page per participant (quality control, slice
+mosaics, training curves, histograms, provenance) and a group page (quality control and ROI
+statistics across participants).
 
 Pages are self-contained for offline viewing: inline CSS, no scripts, PNG figures beside them."""
 
@@ -18,10 +19,12 @@ from matplotlib.figure import Figure
 from .. import __version__
 from ..bids_io.derivatives import MAPS, DerivativesDataset, RunOutputs
 from ..bids_io.files import write_figure, write_text
-from ..physics.parameters import PDFF_BOUNDARY
+from ..physics.parameters import AMBIGUOUS_LLR_NATS, PDFF_BOUNDARY
 from ..provenance import Provenance
 from .comparison import AGREEMENT
-from .figures import PANELS, histogram_figure, mosaic, roi_figure, training_figure, upper_limit
+from .figures import (PANELS, UNCERTAINTY_PANELS, colour_limits, histogram_figure, mosaic, roi_figure,
+                      training_figure)
+from .quality import QC_TABLE, RunQuality, flagged_first, run_quality
 from .roistats import STATISTIC_MAPS
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ h1 { border-bottom: 2px solid #345; } h2 { margin-top: 2em; border-bottom: 1px s
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 2px 8px;
 text-align: left; vertical-align: top; } th { background: #eef; }
 img { max-width: 100%; display: block; margin: 0.5em 0; } .bad { color: #a00; } .note { color: #555; }
-code { background: #f4f4f4; }
+code { background: #f4f4f4; } tr.bad td { background: #fdecec; } .nowrap { white-space: nowrap; }
+.banner { border: 2px solid #a00; background: #fdecec; padding: 0.5em 1em; margin: 1em 0; }
 """
 
 
@@ -46,6 +50,14 @@ def _page(title: str, body: str) -> str:
 def _table(rows: Iterable[tuple[Any, Any]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
+
+
+def _grid(header: list[str], rows: Iterable[tuple[list[str], bool]]) -> str:
+    """A table with a header row; each row's cells (HTML) and whether to mark it bad."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(("<tr class=\"bad\">" if bad else "<tr>") + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+                   for cells, bad in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _image(output_dir: Path, path: Path, alt: str, draw: Callable[[], Figure]) -> str:
@@ -117,28 +129,71 @@ def _provenance_table(prov: Provenance) -> str:
     return _table(rows)
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _banner(quality: RunQuality) -> str:
+    """The warning at the top of a flagged run's section."""
+    check = quality.identifiability
+    assert check is not None and check.flagged
+    reason = html.escape(check.reason.rstrip(".") or "no reason recorded")
+    advice = f"<br>Advice: {html.escape(check.advice)}" if check.advice else ""
+    return (f"<div class=\"banner\" role=\"alert\"><strong>Water/fat separation {html.escape(check.verdict)}"
+            f"</strong>: {reason}. PDFF and R2* may be water/fat swapped in places (median SNR "
+            f"{check.snr:.3g}; {_share(check.unresolved_share)} of the tissue range unresolved).{advice}</div>")
+
+
+def _quality_table(quality: RunQuality, schema_version: int) -> str:
+    """The identifiability check and, per method, how its water/fat side was chosen."""
+    check = quality.identifiability
+    if check is None:
+        rows: list[tuple[str, Any]] = [("Identifiability", f"not checked (provenance schema {schema_version}, "
+                                                           "written before the check existed)")]
+    else:
+        verdict = html.escape(check.verdict)
+        rows = [("Identifiability", f"<span class=\"bad\">{verdict}</span>" if check.flagged else verdict),
+                ("Median first-echo SNR", f"{check.snr:.3g}"),
+                ("Tissue range unresolved", _share(check.unresolved_share)),
+                ("Median log-likelihood gap", f"{check.median_gap_nats:.3g} nats")]
+    choices = []
+    for method, choice in quality.choices.items():
+        if choice is None:
+            mode = "one candidate" if schema_version >= 3 else "not recorded (provenance before schema 3)"
+            choices.append(([html.escape(method), mode, "n/a", "n/a"], False))
+        else:
+            choices.append(([html.escape(method), html.escape(choice.mode), _share(choice.ambiguous_share),
+                             _share(choice.changed_share)], False))
+    header = ["Method", "Water/fat choice", f"Ambiguous (|LLR| < {AMBIGUOUS_LLR_NATS:g} nat)",
+              "Changed by the spatial choice"]
+    return "<h3>Quality control</h3>" + _table(rows) + _grid(header, choices)
+
+
 def _run_section(dataset: DerivativesDataset, run: RunOutputs, bids_dir: Path | None) -> str:
     assert run.provenance is not None  # a finished run
     output_dir, figures = dataset.root, dataset.figure_directory(run.subject)
     mask = _load(run.files["mask"]) > 0
     maps = {s: _load(run.files[s]) for s in MAPS if s in run.files}
     slices = _slices(mask)
-    volumes: dict[str, tuple[np.ndarray, tuple[float, float], np.ndarray | None]] = {}
+    volumes: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # panel -> volume, mask to show
     echo1 = _first_echo(run, bids_dir)
     if echo1 is not None and echo1.shape == mask.shape:
-        volumes["echo1"] = (echo1, (0.0, upper_limit(echo1)), None)
-    volumes["PDFFmap"] = (maps["PDFFmap"], (0.0, 1.0), mask)
-    volumes["R2starmap"] = (maps["R2starmap"], (0.0, upper_limit(maps["R2starmap"][mask])), mask)
-    volumes["S0map"] = (maps["S0map"], (0.0, upper_limit(maps["S0map"][mask])), mask)
+        volumes["echo1"] = (echo1, None)
+    volumes |= {key: (maps[key], mask) for key in ("PDFFmap", "R2starmap", "S0map")}
     if "LLRmap" in maps:
-        signed = np.where(maps["PDFFmap"] >= PDFF_BOUNDARY, 1.0, -1.0) * maps["LLRmap"]
-        bound = max(1.0, float(np.percentile(np.abs(signed[mask]), 95))) if mask.any() else 1.0
-        volumes["confidence"] = (signed, (-bound, bound), mask)
+        volumes["confidence"] = (np.where(maps["PDFFmap"] >= PDFF_BOUNDARY, 1.0, -1.0) * maps["LLRmap"], mask)
+    # The primary method's uncertainty (the plain names); runs written before them have none.
+    volumes |= {key: (maps[key], mask) for key in UNCERTAINTY_PANELS if key in maps}
+    quality = run_quality(run)
     parts = [f"<h2 id=\"{run.name}\">{html.escape(run.name)}</h2>"]
-    for key, (volume, limits, show_mask) in volumes.items():
-        title, cmap = PANELS[key]
+    if quality.flagged:
+        parts.append(_banner(quality))
+    parts.append(_quality_table(quality, run.provenance.schema_version))
+    for key, (volume, show_mask) in volumes.items():
+        title, cmap, units = PANELS[key]
+        limits = colour_limits(key, volume if show_mask is None else volume[show_mask])
         parts.append(_image(output_dir, figures / f"{run.name}_{key}.png", title,
-                            lambda: mosaic(volume, slices, title, cmap, limits, show_mask)))
+                            lambda: mosaic(volume, slices, title, cmap, limits, show_mask, units)))
     if "echo1" not in volumes:
         parts.append("<p class=\"note\">First echo not shown: the raw data were not found.</p>")
     if "confidence" not in volumes:
@@ -186,8 +241,17 @@ def participant_report(dataset: DerivativesDataset, subject: str, runs: list[Run
                        bids_dir: Path | None) -> Path:
     """Write sub-<subject>.html (and its figures) for the participant's finished runs."""
     runs = [r for r in runs if r.finished]
+    flagged = [q for q in map(run_quality, runs) if q.flagged]
     index = "".join(f"<li><a href=\"#{r.name}\">{html.escape(r.name)}</a></li>" for r in runs)
-    body = (f"<h1>raider-bids: sub-{html.escape(subject)}</h1><p>{len(runs)} run(s). "
+    banner = ""
+    if flagged:
+        items = "".join(f"<li><a href=\"#{q.name}\">{html.escape(q.name)}</a>: "
+                        f"{html.escape(q.identifiability.reason or 'no reason recorded')}</li>"
+                        for q in flagged if q.identifiability)
+        banner = (f"<div class=\"banner\" role=\"alert\"><strong>Water/fat separation unreliable</strong> in "
+                  f"{len(flagged)} of {len(runs)} run(s); their PDFF and R2* may be water/fat swapped in places:"
+                  f"<ul>{items}</ul></div>")
+    body = (f"<h1>raider-bids: sub-{html.escape(subject)}</h1>{banner}<p>{len(runs)} run(s). "
             f"<a href=\"group.html\">Group report</a> (after the group level).</p><ul>{index}</ul>"
             + "\n".join(_run_section(dataset, r, bids_dir) for r in runs))
     target = dataset.report_path(subject)
@@ -199,19 +263,54 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "", name) or "roi"
 
 
+def _quality_section(dataset: DerivativesDataset, quality: list[RunQuality], qc_table: str | None) -> str:
+    """The group's quality control: one row per run, flagged runs first, with their reasons."""
+    flagged = sum(q.flagged for q in quality)
+    where = (f" Per run in <a href=\"{qc_table}.tsv\">{qc_table}.tsv</a> (columns described in "
+             f"<a href=\"{qc_table}.json\">{qc_table}.json</a>)." if qc_table else "")
+    summary = (f"<p class=\"bad\"><strong>{flagged} of {len(quality)} run(s) flagged: water/fat separation "
+               f"unreliable</strong> (their PDFF and R2* may be water/fat swapped in places).{where}</p>"
+               if flagged else f"<p>No run flagged: every checked run's water/fat separation is reliable.{where}</p>")
+    rows = []
+    for q in flagged_first(quality):
+        row = q.row()
+        page = dataset.report_path(q.entities["sub"])
+        name = (f"<a class=\"nowrap\" href=\"{page.name}#{q.name}\">{html.escape(q.name)}</a>" if page.is_file()
+                else f"<span class=\"nowrap\">{html.escape(q.name)}</span>")
+        verdict = html.escape(row["identifiability"] or "not checked")
+        why = "<br>".join(html.escape(label + row[k]) for k, label in (("reason", ""), ("advice", "Advice: "))
+                          if row[k])
+        rows.append(([name, html.escape(row["method"]), html.escape(row["choice_mode"] or "n/a"),
+                      f"<strong>{verdict}</strong>" if q.flagged else verdict,
+                      "n/a" if row["median_snr"] is None else f"{row['median_snr']:.3g}",
+                      _share(row["unresolved_share"]), _share(row["ambiguous_share"]),
+                      _share(row["changed_share"]), why or "n/a"], q.flagged))
+    header = ["Run", "Method", "Choice", "Identifiability", "Median SNR", "Tissue range unresolved",
+              f"Ambiguous (|LLR| < {AMBIGUOUS_LLR_NATS:g} nat)", "Changed by the spatial choice", "Reason, advice"]
+    return f"<h2 id=\"quality\">Quality control</h2>{summary}" + _grid(header, rows)
+
+
 def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOutputs],
-                 problems: dict[str, str], table_name: str) -> Path:
-    """Write group.html: per-ROI plots across participants, links to participant pages, and the runs
-    that are missing or failed."""
+                 problems: dict[str, str], table_name: str, quality: list[RunQuality] | None = None,
+                 qc_table: str | None = QC_TABLE) -> Path:
+    """Write group.html: the runs' quality control (flagged runs first), per-ROI plots across
+    participants, links to participant pages, and the runs that are missing or failed. `quality`
+    defaults to the runs' records (quality.run_quality); `qc_table` names the QC table it links
+    (None: no link)."""
     output_dir = dataset.root
+    quality = [run_quality(r) for r in runs] if quality is None else quality
     participants = sorted({r["participant_id"] for r in rows})
+    flagged = sum(q.flagged for q in quality)
     body = [f"<h1>raider-bids: group report</h1><p>{len(runs)} run(s) of {len(participants)} participant(s) "
             f"summarised; statistics in <a href=\"{table_name}.tsv\">{table_name}.tsv</a> "
-            f"(columns described in <a href=\"{table_name}.json\">{table_name}.json</a>).</p>"]
+            f"(columns described in <a href=\"{table_name}.json\">{table_name}.json</a>)."
+            + (f" <a href=\"#quality\" class=\"bad\">{flagged} run(s) flagged</a> in quality control." if flagged
+               else "") + "</p>"]
     if problems:
         items = "".join(f"<li class=\"bad\">{html.escape(k)}: {html.escape(v)}</li>"
                         for k, v in sorted(problems.items()))
         body.append(f"<h2>Missing or failed ({len(problems)})</h2><ul>{items}</ul>")
+    body.append(_quality_section(dataset, quality, qc_table))
     listing = []
     for label in sorted({f"sub-{r.subject}" for r in runs} | {k.split("_")[0] for k in problems}):
         page = dataset.report_path(label.removeprefix("sub-"))

@@ -13,13 +13,18 @@ STATISTICS = ("mean", "median", "stdv", "p05", "p95", "mad")
 COLUMNS = ["participant_id", "session_id", "run", "source", "roi", "roi_source", "map", "method", "units",
            "n_roi_voxels", "n_voxels", *STATISTICS]
 
-DATA_DICTIONARY = {
+# The columns naming a run, shared by every group table.
+RUN_DICTIONARY = {
     "participant_id": {"LongName": "Participant", "Description": "BIDS participant label, sub-<label>"},
     "session_id": {"LongName": "Session", "Description": "BIDS session label, ses-<label>; n/a without sessions"},
     "run": {"LongName": "Run", "Description": "run entity of the MEGRE acquisition as written in its file "
                                               "names; n/a without one"},
     "source": {"LongName": "Source run", "Description": "file name prefix of the MEGRE run (all its entities "
                                                         "except echo and part), e.g. sub-01_ses-1_run-1"},
+}
+
+DATA_DICTIONARY = {
+    **RUN_DICTIONARY,
     "roi": {"LongName": "Region of interest", "Description": "label of a *_label-<label>_mask, a name from a "
                                                               "segmentation's lookup table, or 'foreground' "
                                                               "(the participant-level mask) without ROI datasets"},

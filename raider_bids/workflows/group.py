@@ -1,6 +1,6 @@
-"""The group level: ROI statistics of every finished participant-level run, their data
-dictionary and a report. Runs without (finished) outputs are listed, not fatal; an ROI on
-another grid is fatal."""
+"""The group level: ROI statistics of every finished participant-level run, a quality-control
+table of those runs (identifiability, water/fat choice), their data dictionaries and a report.
+Runs without (finished) outputs are listed, not fatal; an ROI on another grid is fatal."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..bids_io.rois import Roi, applies_to, find_roi_files, load_rois
 from ..config import Config
 from ..errors import InputDataError, MissingInputError, NoFilesSelectedError
 from ..reports.pages import group_report
+from ..reports.quality import QC_COLUMNS, QC_DICTIONARY, QC_TABLE, run_quality
 from ..reports.roistats import COLUMNS, DATA_DICTIONARY, roi_rows
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class GroupResult:
     report: Path
     runs: list[RunOutputs]
     problems: dict[str, str]  # run or participant -> why it is not summarised
+    qc_table: Path | None = None  # group_qc.tsv: one row per summarised run
 
 
 def _expected_runs(config: Config) -> set[str]:
@@ -100,6 +102,14 @@ def group(config: Config) -> GroupResult:
     table = out / f"{GROUP_TABLE}.tsv"
     write_json(table.with_suffix(".json"), DATA_DICTIONARY)
     write_tsv(table, COLUMNS, rows)
-    report = group_report(dataset, rows, summarised, problems, GROUP_TABLE)
-    log.info("group: %d run(s), %d row(s) in %s; report %s", len(summarised), len(rows), table, report)
-    return GroupResult(table, report, summarised, problems)
+    quality = [run_quality(r) for r in summarised]
+    qc_table = out / f"{QC_TABLE}.tsv"
+    write_json(qc_table.with_suffix(".json"), QC_DICTIONARY)
+    write_tsv(qc_table, QC_COLUMNS, [q.row() for q in quality])
+    for q in quality:
+        if q.flagged and q.identifiability:
+            log.warning("%s: water/fat separation unreliable: %s", q.name, q.identifiability.reason)
+    report = group_report(dataset, rows, summarised, problems, GROUP_TABLE, quality, QC_TABLE)
+    log.info("group: %d run(s), %d row(s) in %s; quality control in %s; report %s", len(summarised), len(rows),
+             table, qc_table, report)
+    return GroupResult(table, report, summarised, problems, qc_table)

@@ -14,17 +14,20 @@ import numpy as np
 import torch
 
 from ..bids_io.derivatives import DerivativesDataset, MethodOutputs
+from ..choice import SideChoice, choose_sides
 from ..bids_io.raw import MegreRun, find_runs, load_filters, load_mask, load_run, run_size
 from ..config import Config
 from ..errors import InputDataError, RaiderError, ResourceError
 from ..estimators import Estimates, Estimator, get_estimator, resolve_device
 from ..estimators.base import ProgressCallbackFactory
+from ..physics.cramer_rao import cramer_rao_sd
 from ..physics.fat_spectrum import load_fat_spectrum
+from ..physics.identifiability import assess
 from ..physics.parameters import PARAMETERS
 from ..physics.signal_model import Acquisition
 from ..preprocessing.mask import foreground_mask, usable_voxels
 from ..preprocessing.noise import estimate_sigma
-from ..provenance import NoiseRecord, Provenance
+from ..provenance import ChoiceRecord, NoiseRecord, Provenance
 from ..reports.pages import participant_report
 from ..resources import (DEFAULT_WORKING_BYTES, MIN_WORKING_BYTES, format_bytes, resident_bytes, run_bytes,
                          set_working_memory)
@@ -160,23 +163,41 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         noise = estimate_sigma(signals, acquisition, np.random.default_rng(config.random_seed))
     timings["NoiseSeconds"] = time.perf_counter() - t
     log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], noise.sigma, noise.method)
+    identifiability = assess(acquisition, float(np.median(signals[:, 0])) / noise.sigma)
+    if identifiability.flagged:
+        log.warning("%s: the water/fat separation is unreliable with this protocol: %s. %s", run.name,
+                    identifiability.reason, identifiability.advice)
 
     results: dict[str, Estimates] = {}
     records = {}
+    method_outputs = []
+    voxel_size = tuple(float(z) for z in reference.header.get_zooms()[:3])
     for estimator in estimators:
         t = time.perf_counter()
         estimates = estimator.fit(signals, acquisition, noise.sigma, seed=config.random_seed, device=device,
                                   progress=progress)
         seconds = time.perf_counter() - t
         timings["EstimationSeconds"] = timings.get("EstimationSeconds", 0.0) + seconds
+        t = time.perf_counter()
+        estimates, sides = _choose_sides(config.choice, estimates, mask, voxel_size, signals, noise.sigma)
+        timings["ChoiceSeconds"] = timings.get("ChoiceSeconds", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        sd = cramer_rao_sd(acquisition, estimates.s0, estimates.pdff, estimates.r2star_s, noise.sigma)
+        timings["UncertaintySeconds"] = timings.get("UncertaintySeconds", 0.0) + time.perf_counter() - t
         results[estimator.name] = estimates
         records[estimator.name] = estimation_record(estimator, estimates, seconds)
+        if sides is not None:
+            records[estimator.name].choice = ChoiceRecord(sides.mode, sides.ambiguous_share, sides.changed_share,
+                                                          sides.details)
+            log.info("%s: %s: %.1f%% of voxels ambiguous (|LLR| < 1 nat)%s", run.name, estimator.name,
+                     100 * sides.ambiguous_share, f", {100 * sides.changed_share:.1f}% changed side by the "
+                     "spatial choice" if sides.mode == "spatial" else "")
         log.info("%s: %s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, estimator.name,
                  100 * estimates.chose_fat.mean())
+        method_outputs.append(_method_outputs(estimator, estimates, sides, sd))
 
     t = time.perf_counter()
-    outputs = dataset.write_run(run, reference, mask, mask_source,
-                                [_method_outputs(e, results[e.name]) for e in estimators],
+    outputs = dataset.write_run(run, reference, mask, mask_source, method_outputs,
                                 config.write_candidates, threads=torch.get_num_threads())
     timings["WriteSeconds"] = time.perf_counter() - t
     provenance = Provenance(
@@ -186,16 +207,32 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
         field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
         mask_source=mask_source, mask_voxels=int(mask.sum()), methods=records,
-        comparison=comparison_record(results), timings=timings, outputs={k: v.name for k, v in outputs.items()})
+        comparison=comparison_record(results), timings=timings, outputs={k: v.name for k, v in outputs.items()},
+        identifiability=identifiability)
     outputs["provenance"] = dataset.write_provenance(run, provenance)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
     return RunResult(run, outputs)
 
 
-def _method_outputs(estimator: Estimator, estimates: Estimates) -> MethodOutputs:
+def _choose_sides(mode: str, estimates: Estimates, mask: np.ndarray, voxel_size_mm: tuple[float, ...],
+                  signals: np.ndarray, sigma: float) -> tuple[Estimates, SideChoice | None]:
+    """Each voxel's side by `mode` (config.CHOICES) where the method has two candidates; the
+    estimators themselves choose per voxel."""
+    if set(estimates.candidates) != {"water", "fat"}:
+        return estimates, None
+    sides = choose_sides(mode, estimates.candidates["water"], estimates.candidates["fat"], mask, voxel_size_mm,
+                         signals, sigma)
+    return (estimates.with_sides(sides.chose_fat) if sides.changed_share else estimates), sides
+
+
+def _method_outputs(estimator: Estimator, estimates: Estimates, sides: SideChoice | None,
+                    sd: dict[str, np.ndarray]) -> MethodOutputs:
     maps = {p.suffix: getattr(estimates, p.key) for p in PARAMETERS}
     if estimates.log_likelihood_ratio is not None:
         maps["LLRmap"] = estimates.log_likelihood_ratio
+    if sides is not None:
+        maps["SideProbmap"] = sides.side_probability
+    maps["PDFFsdmap"], maps["R2starsdmap"] = sd["pdff"], sd["r2star_s"]
     candidates = {kind: {p.suffix: c[p.key] for p in PARAMETERS} for kind, c in estimates.candidates.items()}
     return MethodOutputs(estimator.method, maps, candidates, estimates.weights)
 

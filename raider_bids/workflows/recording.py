@@ -16,7 +16,7 @@ from ..reports.comparison import agreement
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "raider-bids": __version__}
-    for dist in ("torch", "numpy", "scipy", "nibabel", "pybids"):
+    for dist in ("torch", "numpy", "scipy", "nibabel", "pybids", "PyMaxflow"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

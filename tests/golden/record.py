@@ -60,15 +60,15 @@ def input_hash(bids: Path) -> str:
     return digest.hexdigest()
 
 
-def run_calls(root: Path, inputs: dict[str, Path]) -> dict[str, Path]:
-    """Each call of CALLS into its own output directory; returns them."""
+def run_calls(root: Path, inputs: dict[str, Path], extra: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Each call of CALLS (plus `extra` options) into its own output directory; returns them."""
     from raider_bids.cli import main
 
     outputs = {}
-    for name, extra in CALLS.items():
+    for name, options in CALLS.items():
         out = root / f"out-{name}"
         argv = [str(inputs["bids"]), str(out), "participant",
-                *(a.format(mask=inputs["mask"], spectrum=inputs["spectrum"]) for a in extra)]
+                *(a.format(mask=inputs["mask"], spectrum=inputs["spectrum"]) for a in options), *extra]
         code = main(argv)
         if code != 0:
             raise SystemExit(f"{name}: exit code {code}")
