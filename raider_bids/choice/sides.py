@@ -71,16 +71,18 @@ def choose_sides(mode: str, water: dict[str, np.ndarray], fat: dict[str, np.ndar
         raise ValueError(f"unknown choice mode {mode!r}")
     start = time.perf_counter()
     pairs = grid_pairs(mask, voxel_size_mm, signals, sigma)
-    result = minimise(water["nll"], fat["nll"], pairs)
+    # A voxel preferring a side by more than PULL_NATS keeps it whatever its neighbours (their pull
+    # is at most that): pairs of two such voxels cannot change the cut and are left out of it.
+    open_ = np.abs(llr) <= PULL_NATS
+    result = minimise(water["nll"], fat["nll"], pairs.select(open_[pairs.i] | open_[pairs.j]))
     chose_fat = result.labels
     # Evidence for the chosen side: the other side's cost minus the chosen one's, the voxel alone flipped.
     cost = np.where(chose_fat, fat["nll"], water["nll"])
     other = np.where(chose_fat, water["nll"], fat["nll"])
-    xi, xj = chose_fat[pairs.i], chose_fat[pairs.j]
-    flip_i = pairs.cost(~xi, xj) - pairs.cost(xi, xj)
-    flip_j = pairs.cost(xi, ~xj) - pairs.cost(xi, xj)
+    # A Potts pair: flipping either end adds its cost where the two agree and removes it where not.
+    flip = np.where(chose_fat[pairs.i] == chose_fat[pairs.j], pairs.e01, -pairs.e01)
     n = chose_fat.size
-    evidence = other - cost + np.bincount(pairs.i, flip_i, minlength=n) + np.bincount(pairs.j, flip_j, minlength=n)
+    evidence = other - cost + np.bincount(pairs.i, flip, minlength=n) + np.bincount(pairs.j, flip, minlength=n)
     details = {"Energy": "sum of the candidates' Rician NLL (nats) + sum over neighbours of "
                          "w_ij g_ij [different sides]",
                "Similarity": "g_ij = exp(-max(d_ij - E, 0) / (SimilarityScale E)), d_ij = sum over the E "
@@ -88,8 +90,6 @@ def choose_sides(mode: str, water: dict[str, np.ndarray], fat: dict[str, np.ndar
                "SimilarityScale": SIMILARITY_SCALE, "Neighbourhood": NEIGHBOURHOOD, "PullNats": PULL_NATS,
                "Weights": "w_ij proportional to 1 / distance (mm); an interior voxel's weights sum to PullNats",
                "NeighbourWeightsNats": pairs.axis_weights, "Solver": "one max-flow (PyMaxflow)",
-               "MedianSimilarity": round(float(np.median(pairs.e01)) / max(pairs.axis_weights), 4)
-               if pairs.i.size else None,
                "FixedVoxels": result.fixed_nodes, "CutVoxels": result.cut_nodes, "CutPairs": result.cut_edges,
                "TruncatedPairs": result.truncated_edges, "Seconds": round(time.perf_counter() - start, 3)}
     return SideChoice(chose_fat, _logistic(evidence), mode, ambiguous, float(np.mean(chose_fat != per_voxel)),
