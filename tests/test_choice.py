@@ -211,3 +211,21 @@ def test_on_a_phantom_with_thin_layers_the_spatial_choice_keeps_its_borders():
     assert swaps["voxel"][0] > 0.08
     assert swaps["spatial"][0] < swaps["voxel"][0] / 2
     assert swaps["spatial"][1] <= swaps["voxel"][1]
+
+
+def test_the_side_probability_is_at_least_one_half_and_follows_the_evidence():
+    """The spatial choice is the energy's minimum, so no voxel's evidence for its side is negative;
+    where the neighbours overrode a voxel (its own LLR negative) its probability stays below that
+    of voxels whose data and neighbours agree."""
+    rng = np.random.default_rng(8)
+    shape = (30, 30, 2)
+    truth = np.zeros(shape, bool)
+    truth[:, 15:] = True
+    mask = np.ones(shape, bool)
+    water, fat, signals = _noisy_candidates(rng, truth[mask], evidence_nats=0.5)
+    sides = choose_sides("spatial", water, fat, mask, (1.5, 1.5, 5.0), signals, 1.0)
+    assert sides.side_probability.min() >= 0.5 - 1e-9
+    own = np.where(sides.chose_fat, water["nll"] - fat["nll"], fat["nll"] - water["nll"])
+    overridden = own < 0
+    assert overridden.any() and (~overridden).any()
+    assert np.median(sides.side_probability[overridden]) < np.median(sides.side_probability[~overridden])

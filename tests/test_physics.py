@@ -582,10 +582,10 @@ def test_mask_of_all_zero_image_is_empty():
 
 
 def test_fitting_model_value_and_jacobian_match_signal_model_and_autograd():
-    from raider_bids.physics.solver import _Model
+    from raider_bids.physics.solver import MagnitudeJacobian
 
     acq = acquisition()
-    model = _Model(acq, torch.device("cpu"))
+    model = MagnitudeJacobian(acq, torch.device("cpu"))
     rng = np.random.default_rng(4)
     theta = torch.tensor(np.column_stack([rng.uniform(0.5, 2, 20), rng.uniform(0.01, 0.99, 20),
                                           rng.uniform(0, 400, 20)]))

@@ -50,7 +50,8 @@ class SideChoice:
     """Per voxel (N,) in mask order: the chosen side and the probability that it is right."""
 
     chose_fat: np.ndarray  # bool
-    side_probability: np.ndarray  # 0.5-1 (below 0.5 only where the spatial choice overrode the voxel)
+    # 0.5-1: the spatial choice is the energy's global minimum, which no single flip improves.
+    side_probability: np.ndarray
     mode: str
     ambiguous_share: float  # share with |LLR| < AMBIGUOUS_LLR_NATS
     changed_share: float  # share whose side differs from the per-voxel choice

@@ -22,7 +22,7 @@ from scipy import special
 from ..resources import chunk_slices, chunk_voxels
 from .parameters import R2STAR_MAX_S
 from .signal_model import Acquisition
-from .solver import _Model
+from .solver import MagnitudeJacobian
 
 # f is tabulated up to TABLE_MAX_SNR and given by its asymptotic series above (error < 2e-10 there).
 TABLE_MAX_SNR = 40.0
@@ -110,7 +110,7 @@ def cramer_rao_sd(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray, r2
     out = {"pdff": np.empty(n), "r2star_s": np.empty(n)}
     if n == 0:
         return out
-    model = _Model(acquisition, torch.device("cpu"))
+    model = MagnitudeJacobian(acquisition, torch.device("cpu"))
     theta_all = torch.from_numpy(np.stack([s0, pdff, r2star_s]))
     outputs = {k: torch.from_numpy(v) for k, v in out.items()}
     # Per voxel: J (3E), A, the weights and their products with J (5E), F and its scalars (~24).

@@ -50,7 +50,7 @@ class FitResult:
     fitted: np.ndarray
 
 
-class _Model:
+class MagnitudeJacobian:
     """Magnitude model with its analytic Jacobian, float64 torch."""
 
     def __init__(self, acquisition: Acquisition, device: torch.device):
@@ -114,7 +114,7 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
 
     sigma None: least squares; else the Rician likelihood with that noise level.
     """
-    model = _Model(acquisition, device)
+    model = MagnitudeJacobian(acquisition, device)
     grid = _Grid(model, pdff_range, GRID_PDFF_POINTS, GRID_R2STAR_POINTS, rescore=sigma is not None)
     # Above the noise floor least squares ranks the grid as the likelihood does, and a coarser
     # grid starts every voxel in its basin (checked on the in silico grid, the clinical benchmark
@@ -163,7 +163,7 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
 class _Problem:
     """What the starts of one fit share."""
 
-    model: _Model
+    model: MagnitudeJacobian
     loss: _Loss
     lower: torch.Tensor  # (3, 1)
     upper: torch.Tensor
@@ -184,7 +184,7 @@ class _Grid:
     scored again with it (`rescore`, for voxels near the noise floor, where the two losses rank
     basins differently), or the ranking is kept and a second start dropped where it cannot win."""
 
-    def __init__(self, model: _Model, pdff_range: tuple[float, float], n_pdff: int, n_r2star: int,
+    def __init__(self, model: MagnitudeJacobian, pdff_range: tuple[float, float], n_pdff: int, n_r2star: int,
                  rescore: bool = False):
         device = model.a.device
         pdff_values = torch.linspace(*pdff_range, n_pdff, dtype=torch.float64, device=device)

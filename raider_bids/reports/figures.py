@@ -35,8 +35,8 @@ _MAX_PDFF_SD = 0.5
 def colour_limits(key: str, values: np.ndarray) -> tuple[float, float]:
     """The colour range of a PANELS mosaic from its values over the mask (or the whole volume for
     the first echo). Bounded quantities span their range: PDFF 0-1; the chosen side's probability
-    0.5-1 (0.5: a coin toss, the least a per-voxel choice can have; where the spatial choice
-    overruled a voxel's data it is below and shows as 0.5). Unbounded ones go from 0 to
+    0.5-1 (0.5: a coin toss, the least either choice gives: the spatial choice's minimum is never
+    improved by flipping one voxel). Unbounded ones go from 0 to
     their 99.5th percentile (upper_limit), so that a few outliers do not wash the map out; the PDFF
     standard deviation is also capped at 0.5. The signed LLR is symmetric about 0, up to its 95th
     percentile of |LLR| and at least 1 nat (the ambiguity threshold)."""
