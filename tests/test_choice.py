@@ -104,15 +104,21 @@ def _noisy_candidates(rng, truth_fat: np.ndarray, evidence_nats: float):
     return {"nll": np.maximum(llr, 0)}, {"nll": np.maximum(-llr, 0)}, signals
 
 
+def _two_tissues(seed: int, shape: tuple[int, int, int]):
+    """Water tissue and fat tissue side by side (the border halfway along the second axis), each
+    voxel's evidence weak (0.5 nats): the truth, mask, candidates and signals."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(shape, bool)
+    truth[:, shape[1] // 2:] = True
+    mask = np.ones(shape, bool)
+    return (truth, mask, *_noisy_candidates(rng, truth[mask], evidence_nats=0.5))
+
+
 def test_spatial_choice_removes_swaps_inside_tissue_and_keeps_borders():
     """Two half-planes of water and fat tissue with weak per-voxel evidence: the spatial choice
     takes each region's side, and keeps the border between them where it is."""
-    rng = np.random.default_rng(3)
     shape = (40, 40, 1)
-    truth = np.zeros(shape, bool)
-    truth[:, 20:] = True
-    mask = np.ones(shape, bool)
-    water, fat, signals = _noisy_candidates(rng, truth[mask], evidence_nats=0.5)
+    truth, mask, water, fat, signals = _two_tissues(3, shape)
     voxel = choose_sides("voxel", water, fat, mask, (1.5, 1.5, 5.0), signals, 1.0)
     spatial = choose_sides("spatial", water, fat, mask, (1.5, 1.5, 5.0), signals, 1.0)
     assert np.mean(voxel.chose_fat != truth[mask]) > 0.25
@@ -217,12 +223,7 @@ def test_the_side_probability_is_at_least_one_half_and_follows_the_evidence():
     """The spatial choice is the energy's minimum, so no voxel's evidence for its side is negative;
     where the neighbours overrode a voxel (its own LLR negative) its probability stays below that
     of voxels whose data and neighbours agree."""
-    rng = np.random.default_rng(8)
-    shape = (30, 30, 2)
-    truth = np.zeros(shape, bool)
-    truth[:, 15:] = True
-    mask = np.ones(shape, bool)
-    water, fat, signals = _noisy_candidates(rng, truth[mask], evidence_nats=0.5)
+    _, mask, water, fat, signals = _two_tissues(8, (30, 30, 2))
     sides = choose_sides("spatial", water, fat, mask, (1.5, 1.5, 5.0), signals, 1.0)
     assert sides.side_probability.min() >= 0.5 - 1e-9
     own = np.where(sides.chose_fat, water["nll"] - fat["nll"], fat["nll"] - water["nll"])
