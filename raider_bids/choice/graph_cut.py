@@ -88,7 +88,6 @@ def minimise(unary0: np.ndarray, unary1: np.ndarray, pairs: PairTerms) -> CutRes
         delta += np.bincount(inner.i[one], np.where(xj, inner.e11[one] - inner.e01[one],
                                                      inner.e10[one] - inner.e00[one]), minlength=n)
         inner = inner.select(~(new_i | new_j))
-    labels = np.where(fixed, labels, False)
     free = np.flatnonzero(~fixed)
     if free.size == 0:
         return CutResult(labels, int(fixed.sum()), 0, 0, 0)

@@ -100,16 +100,23 @@ def write_dataset(root: Path, shape: tuple[int, int, int] = (48, 48, 4), snr: fl
                                            truth["R2starmap"][body], sigma, rng)
         signals[~body] = simulate_magnitude(acquisition, np.zeros((~body).sum()), np.zeros((~body).sum()),
                                             np.zeros((~body).sum()), sigma, rng)
-        anat = root / f"sub-{subject}" / "anat"
-        anat.mkdir(parents=True, exist_ok=True)
-        for i, te in enumerate(ECHO_TIMES_S):
-            stem = anat / f"sub-{subject}_echo-{i + 1}_part-mag_MEGRE"
-            img = nib.Nifti1Image(signals[..., i].astype(np.float32), AFFINE)
-            img.header.set_xyzt_units("mm", "sec")
-            nib.save(img, f"{stem}.nii.gz")
-            Path(f"{stem}.json").write_text(json.dumps({"EchoTime": te}, indent=2))
+        write_echoes(root, subject, signals, ECHO_TIMES_S, AFFINE)
         truths[subject] = dict(truth, labels=labels, sigma=np.array(sigma))
     return truths
+
+
+def write_echoes(root: Path, subject: str, signals: np.ndarray, echo_times_s: Sequence[float], affine: np.ndarray,
+                 sidecar: dict | None = None) -> None:
+    """A subject's magnitude MEGRE run in the raw dataset `root`: one part-mag NIfTI (float32, mm)
+    and one JSON sidecar (EchoTime in s, plus `sidecar`) per echo of `signals` (X, Y, Z, echoes)."""
+    anat = root / f"sub-{subject}" / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    for i, te in enumerate(echo_times_s):
+        stem = anat / f"sub-{subject}_echo-{i + 1}_part-mag_MEGRE"
+        img = nib.Nifti1Image(signals[..., i].astype(np.float32), affine)
+        img.header.set_xyzt_units("mm", "sec")
+        nib.save(img, f"{stem}.nii.gz")
+        Path(f"{stem}.json").write_text(json.dumps({"EchoTime": te, **(sidecar or {})}, indent=2))
 
 
 def write_roi_dataset(root: Path, truths: dict[str, dict[str, np.ndarray]], affine: np.ndarray = AFFINE) -> None:

@@ -38,7 +38,7 @@ from ..physics.parameters import PDFF_BOUNDARY, RELIABLE_LLR_NATS
 from ..physics.signal_model import Acquisition
 from ..physics.simulation import simulate_magnitude
 from .demo import AFFINE as DEMO_AFFINE
-from .demo import TISSUES, Tissue, make_phantom, truth_maps
+from .demo import TISSUES, Tissue, make_phantom, truth_maps, write_echoes
 
 # Beside the repository, on the team's machines only (a user's clone has none).
 REAL_BIDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-bids"
@@ -406,16 +406,9 @@ def write_phantom_dataset(root: Path, phantom: Phantom, echo_times_s: Sequence[f
     (root / "participants.tsv").write_text(f"participant_id\nsub-{subject}\n")
     signals = simulate_magnitude(acquisition, phantom.s0.ravel(), phantom.pdff.ravel(), phantom.r2star_s.ravel(),
                                  sigma, rng).reshape(phantom.shape + (len(echo_times_s),))
-    anat = root / f"sub-{subject}" / "anat"
-    anat.mkdir(parents=True, exist_ok=True)
-    kind = "3D" if phantom.shape[2] > 1 else "2D"
-    for i, te in enumerate(acquisition.echo_times_s):
-        stem = anat / f"sub-{subject}_echo-{i + 1}_part-mag_MEGRE"
-        img = nib.Nifti1Image(signals[..., i].astype(np.float32), phantom.affine)
-        img.header.set_xyzt_units("mm", "sec")
-        nib.save(img, f"{stem}.nii.gz")
-        Path(f"{stem}.json").write_text(json.dumps(
-            {"EchoTime": te, "MagneticFieldStrength": float(field_strength_t), "MRAcquisitionType": kind}, indent=2))
+    write_echoes(root, subject, signals, acquisition.echo_times_s, phantom.affine,
+                 {"MagneticFieldStrength": float(field_strength_t),
+                  "MRAcquisitionType": "3D" if phantom.shape[2] > 1 else "2D"})
     return dict(phantom.maps(), sigma=np.array(sigma))
 
 

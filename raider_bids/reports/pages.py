@@ -24,7 +24,7 @@ from ..provenance import Provenance
 from .comparison import AGREEMENT
 from .figures import (PANELS, UNCERTAINTY_PANELS, colour_limits, histogram_figure, mosaic, roi_figure,
                       training_figure)
-from .quality import QC_TABLE, RunQuality, flagged_first, run_quality
+from .quality import RunQuality, flagged_first, run_quality
 from .roistats import STATISTIC_MAPS
 
 log = logging.getLogger(__name__)
@@ -263,11 +263,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "", name) or "roi"
 
 
-def _quality_section(dataset: DerivativesDataset, quality: list[RunQuality], qc_table: str | None) -> str:
+def _quality_section(dataset: DerivativesDataset, quality: list[RunQuality], qc_table: str) -> str:
     """The group's quality control: one row per run, flagged runs first, with their reasons."""
     flagged = sum(q.flagged for q in quality)
     where = (f" Per run in <a href=\"{qc_table}.tsv\">{qc_table}.tsv</a> (columns described in "
-             f"<a href=\"{qc_table}.json\">{qc_table}.json</a>)." if qc_table else "")
+             f"<a href=\"{qc_table}.json\">{qc_table}.json</a>).")
     summary = (f"<p class=\"bad\"><strong>{flagged} of {len(quality)} run(s) flagged: water/fat separation "
                f"unreliable</strong> (their PDFF and R2* may be water/fat swapped in places).{where}</p>"
                if flagged else f"<p>No run flagged: every checked run's water/fat separation is reliable.{where}</p>")
@@ -291,14 +291,11 @@ def _quality_section(dataset: DerivativesDataset, quality: list[RunQuality], qc_
 
 
 def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOutputs],
-                 problems: dict[str, str], table_name: str, quality: list[RunQuality] | None = None,
-                 qc_table: str | None = QC_TABLE) -> Path:
-    """Write group.html: the runs' quality control (flagged runs first), per-ROI plots across
-    participants, links to participant pages, and the runs that are missing or failed. `quality`
-    defaults to the runs' records (quality.run_quality); `qc_table` names the QC table it links
-    (None: no link)."""
+                 problems: dict[str, str], table_name: str, quality: list[RunQuality], qc_table: str) -> Path:
+    """Write group.html: the runs' quality control (flagged runs first; `quality`, one record per
+    run, from the QC table `qc_table`), per-ROI plots across participants, links to participant
+    pages, and the runs that are missing or failed."""
     output_dir = dataset.root
-    quality = [run_quality(r) for r in runs] if quality is None else quality
     participants = sorted({r["participant_id"] for r in rows})
     flagged = sum(q.flagged for q in quality)
     body = [f"<h1>raider-bids: group report</h1><p>{len(runs)} run(s) of {len(participants)} participant(s) "
