@@ -29,21 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from runs import SUBJECT, format_row, run_participant, write_protocol_dataset  # benchmarks/runs.py, beside this script
+
 from raider_bids.bids_io.derivatives import DerivativesDataset
-from raider_bids.experiments.phantoms import (PHANTOMS, PROTOCOLS, REAL_BIDS, border_voxels, build,
-                                              write_phantom_dataset, write_truth)
+from raider_bids.experiments.phantoms import PHANTOMS, PROTOCOLS, REAL_BIDS, border_voxels, build
 from raider_bids.physics.parameters import PDFF_BOUNDARY
 
-SUBJECT = "01"
 GROSS_PDFF_ERROR = 0.2  # a swap that changes PDFF by more than this (not a partial-volume voxel near 0.58)
 COLUMNS = (("phantom", 14, "s"), ("protocol", 9, "s"), ("method", 11, "s"), ("choice", 8, "s"),
            ("voxels", 8, "d"), ("swap%", 7, ".2f"), ("gross%", 7, ".2f"), ("border%", 8, ".2f"), ("borders", 8, "d"),
@@ -53,13 +50,8 @@ COLUMNS = (("phantom", 14, "s"), ("protocol", 9, "s"), ("method", 11, "s"), ("ch
 
 def run_app(bids: Path, out: Path, method: str, choice: str, nprocs: int, seed: int) -> float:
     """Wall seconds of one participant-level run in a child process; exits on failure."""
-    command = [sys.executable, "-m", "raider_bids", str(bids), str(out), "participant", "--method", method,
-               "--choice", choice, "--nprocs", str(nprocs), "--random-seed", str(seed)]
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return run_participant(bids, out, ["--method", method, "--choice", choice, "--nprocs", str(nprocs),
+                                       "--random-seed", str(seed)])
 
 
 def evaluate(out: Path, truth: dict[str, np.ndarray], border: np.ndarray) -> dict[str, float]:
@@ -82,19 +74,6 @@ def evaluate(out: Path, truth: dict[str, np.ndarray], border: np.ndarray) -> dic
             "choice s": timings.get("ChoiceSeconds")}
 
 
-def format_row(row: dict | None = None) -> str:
-    """One line of the table; the header for None."""
-    cells = []
-    for name, width, spec in COLUMNS:
-        if row is None:
-            cells.append(f"{name:<{width}}" if spec == "s" else f"{name:>{width}}")
-        elif spec == "s":
-            cells.append(f"{row[name]:<{width}}")
-        else:
-            cells.append(f"{'-' if row.get(name) is None else format(row[name], spec):>{width}}")
-    return " ".join(cells)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phantoms", nargs="+", choices=PHANTOMS,
@@ -113,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="water-fat-choice-") as scratch:
         root = args.keep or Path(scratch)
         cache = args.liver_cache or root / "liver-fit"
-        print(format_row(), flush=True)
+        print(format_row(COLUMNS), flush=True)
         for name in phantoms:
             phantom = build(name, tuple(args.shape) if args.shape else None, args.seed, cache, args.nprocs)
             border = border_voxels(phantom.pdff, phantom.labels)
@@ -124,18 +103,14 @@ def main() -> None:
             for protocol_name in args.protocols:
                 protocol = PROTOCOLS[protocol_name]
                 directory = root / f"{name}-{protocol_name}"
-                truth = write_phantom_dataset(directory / "bids", phantom, protocol.echo_times_s,
-                                              protocol.field_strength_t, protocol.snr, seed=args.seed,
-                                              subject=SUBJECT)
-                if args.keep:
-                    write_truth(directory / "truth", phantom, SUBJECT)
+                truth = write_protocol_dataset(directory, phantom, protocol, args.seed, bool(args.keep))
                 for method in args.methods:
                     for choice in args.choices:
                         out = directory / f"{method}-{choice}"
                         wall = run_app(directory / "bids", out, method, choice, args.nprocs, args.seed)
                         row = {"phantom": name, "protocol": protocol_name, "method": method, "choice": choice,
                                **evaluate(out, truth, border), "wall s": wall}
-                        print(format_row(row), flush=True)
+                        print(format_row(COLUMNS, row), flush=True)
 
 
 if __name__ == "__main__":

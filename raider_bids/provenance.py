@@ -7,6 +7,8 @@ check read its fields. Torch-free and stdlib-only, so that any layer may use it.
 `to_json` writes schema version SCHEMA_VERSION; `from_json` also reads files written before the
 schema had a version (version 1: no SchemaVersion key, each method's own keys beside the common
 ones, `ShareFatDominant` for the single network) and version 2 (no Identifiability, no Choice).
+Mask.Details (the automatic mask's rule and numbers, issue 16) is optional: absent for a user's
+mask and in records written before it.
 """
 
 from __future__ import annotations
@@ -190,6 +192,9 @@ class Provenance:
     timings: dict[str, float]  # seconds per step
     outputs: dict[str, str]  # output key (PDFFmap, PDFFmap-fit, weights-water, ...) -> file name beside this one
     identifiability: IdentifiabilityRecord | None = None  # None: written before version 3
+    # The automatic mask's rule and numbers (Rule, FalseAlarmProbability, GrowFalseAlarmProbability,
+    # UsableVoxels, DroppedAsNoise); empty for a user's mask and in records before issue 16.
+    mask_details: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -205,7 +210,9 @@ class Provenance:
             "TorchThreads": self.torch_threads, "Inputs": self.inputs, "InputFiles": self.input_files,
             "OptionFiles": self.option_files, "EchoTime": self.echo_times_s,
             "MagneticFieldStrength": self.field_strength_t, "FatSpectrum": self.fat_spectrum,
-            "Noise": self.noise.to_json(), "Mask": {"Source": self.mask_source, "Voxels": self.mask_voxels},
+            "Noise": self.noise.to_json(),
+            "Mask": {"Source": self.mask_source, "Voxels": self.mask_voxels,
+                     **({"Details": self.mask_details} if self.mask_details else {})},
             "Identifiability": self.identifiability.to_json() if self.identifiability else None,
             "Estimation": self.estimation.to_json(),
             # One method: its record is Estimation alone (as in version 1).
@@ -229,6 +236,7 @@ class Provenance:
                    echo_times_s=list(d["EchoTime"]), field_strength_t=d["MagneticFieldStrength"],
                    fat_spectrum=dict(d["FatSpectrum"]), noise=NoiseRecord.from_json(d["Noise"]),
                    mask_source=d["Mask"]["Source"], mask_voxels=d["Mask"]["Voxels"],
+                   mask_details=dict(d["Mask"].get("Details", {})),
                    methods=methods or {estimation.method: estimation}, comparison=comparison,
                    timings=dict(d["Timings"]), outputs=dict(d.get("Outputs", {})),
                    identifiability=(IdentifiabilityRecord.from_json(d["Identifiability"])

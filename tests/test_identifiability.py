@@ -97,15 +97,17 @@ def test_no_signal_is_unreliable_without_raising():
 
 
 def _workflow_snr(run) -> tuple[Acquisition, float]:
-    """The SNR as participant.process_run measures it: automatic mask, model-residual sigma."""
+    """The SNR as participant.process_run measures it: model-residual sigma on the provisional
+    tissue sample, then the automatic mask."""
     from raider_bids.bids_io.raw import load_run
-    from raider_bids.preprocessing.mask import foreground_mask
+    from raider_bids.preprocessing.mask import foreground_mask, provisional_tissue
     from raider_bids.preprocessing.noise import estimate_sigma
 
     data, _ = load_run(run)
-    signals = data[foreground_mask(data)].astype(np.float64)
     acquisition = Acquisition(run.echo_times_s, run.field_strength_t, HERNANDO)
-    sigma = estimate_sigma(signals, acquisition, np.random.default_rng(0)).sigma  # Config.random_seed
+    sample = data[provisional_tissue(data)].astype(np.float64)
+    sigma = estimate_sigma(sample, acquisition, np.random.default_rng(0)).sigma  # Config.random_seed
+    signals = data[foreground_mask(data, sigma)].astype(np.float64)
     return acquisition, float(np.median(signals[:, 0]) / sigma)
 
 

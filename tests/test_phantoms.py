@@ -142,3 +142,57 @@ def test_written_dataset_reads_back_with_the_protocol(tmp_path):
     air = data[phantom.labels == 0]
     assert np.mean(air) == pytest.approx(float(truth["sigma"]) * np.sqrt(np.pi / 2), rel=0.15)
     assert np.median(data[phantom.tissue][:, 0]) > 20 * float(truth["sigma"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The graded liver-iron phantom (issue 16).
+
+IRON_SHAPE = (40, 36, 2)
+
+
+@pytest.mark.parametrize("protocol", sorted(ph.IRON_PROTOCOLS))
+def test_liver_iron_truth_and_first_echo_above_noise(protocol):
+    grades = ph.IRON_GRADES_S[protocol]
+    assert list(grades) == sorted(grades) and grades[0] == 50.0
+    settings = ph.IRON_PROTOCOLS[protocol]
+    sigma = ph.REFERENCE_S0 / settings.snr
+    for grade in (grades[0], grades[-1]):
+        phantom = ph.liver_iron(grade, IRON_SHAPE, seed=1)
+        labels = ph.liver_labels(phantom)
+        assert [phantom.tissues[k] for k in labels] == ["liver", "liver-steatosis"]
+        liver = np.isin(phantom.labels, labels)
+        assert liver.sum() > 50
+        r2 = phantom.r2star_s[liver]
+        assert np.median(r2) == pytest.approx(grade, rel=0.01) and np.abs(r2 / grade - 1).max() <= 0.03 + 1e-12
+        assert np.array_equal(ph.liver_iron(grade, IRON_SHAPE, seed=1, r2star_variation=0).r2star_s[liver],
+                              np.full(int(liver.sum()), grade))
+        # PDFF at two levels; the spleen carries half the liver's iron; air is empty.
+        for name, level in (("liver", 0.05), ("liver-steatosis", 0.20)):
+            k = next(k for k, v in phantom.tissues.items() if v == name)
+            assert np.median(phantom.pdff[phantom.labels == k]) == pytest.approx(level, abs=0.005)
+        spleen = phantom.labels == next(k for k, v in phantom.tissues.items() if v == "spleen")
+        assert spleen.sum() > 5 and np.median(phantom.r2star_s[spleen]) == pytest.approx(grade / 2, rel=0.05)
+        air = phantom.labels == 0
+        assert air.any() and (phantom.s0[air] == 0).all() and (phantom.s0[~air] > 0).all()
+        # The liver's S0 is about the muscle's (the SNR reference) or a little lower.
+        assert 0.8 * ph.REFERENCE_S0 <= np.median(phantom.s0[liver]) <= 1.05 * ph.REFERENCE_S0
+    # At the highest grade the liver's first echo is still well above the noise.
+    first_echo = np.median(phantom.s0[liver]) * np.exp(-grade * settings.echo_times_s[0])
+    assert first_echo / sigma > 10
+
+
+def test_liver_iron_dataset_has_the_protocol(tmp_path):
+    for protocol, settings in ph.IRON_PROTOCOLS.items():
+        phantom = ph.liver_iron(ph.IRON_GRADES_S[protocol][-1], (20, 18, 2))
+        truth = ph.write_phantom_dataset(tmp_path / protocol, phantom, settings.echo_times_s,
+                                         settings.field_strength_t, settings.snr, seed=3)
+        assert float(truth["sigma"]) == pytest.approx(ph.REFERENCE_S0 / settings.snr)
+        runs, problems = find_runs(tmp_path / protocol)
+        assert not problems and len(runs) == 1
+        assert runs[0].echo_times_s == pytest.approx(settings.echo_times_s, abs=1e-9)
+        assert runs[0].field_strength_t == settings.field_strength_t
+        data, _ = load_run(runs[0])
+        assert data.shape == phantom.shape + (len(settings.echo_times_s),)
+    assert ph.IRON_PROTOCOLS["1.5T"].echo_times_s == pytest.approx([1e-3 * (i + 1) for i in range(6)])
+    assert ph.IRON_PROTOCOLS["3T"].echo_times_s == pytest.approx([0.8e-3 * (i + 1) for i in range(8)])
+    assert ph.IRON_PROTOCOLS["1.5T"].snr == ph.IRON_PROTOCOLS["3T"].snr == 50.0

@@ -300,6 +300,21 @@ def test_uncertainty_colour_ranges_and_units():
         assert units in fig.axes[1].get_ylabel(), (key, fig.axes[1].get_ylabel())
 
 
+def test_r2star_colour_range_holds_an_iron_loaded_liver_in_fixed_steps():
+    """Typical tissue (R2* 20-80 1/s) is drawn on 0-100 1/s; a liver at 1000 1/s filling a fifth of
+    the mask moves the scale to 0-1000, so the liver is not clipped; a few outliers do not."""
+    from raider_bids.reports.figures import colour_limits
+
+    rng = np.random.default_rng(0)
+    tissue = rng.uniform(20, 80, 8000)
+    assert colour_limits("R2starmap", tissue) == (0.0, 100.0)
+    assert colour_limits("R2starmap", np.concatenate([tissue, [1900.0] * 10])) == (0.0, 100.0)
+    liver = rng.normal(1000, 30, 2000).clip(900, 1080)
+    low, high = colour_limits("R2starmap", np.concatenate([tissue, liver]))
+    assert low == 0 and high >= liver.max() and high in (1000.0, 2000.0)
+    assert colour_limits("R2starmap", np.concatenate([tissue, rng.uniform(1800, 2000, 3000)])) == (0.0, 2000.0)
+
+
 def test_a_qc_row_keeps_free_text_in_one_cell():
     from raider_bids.provenance import IdentifiabilityRecord
     from raider_bids.reports.quality import QC_COLUMNS, RunQuality

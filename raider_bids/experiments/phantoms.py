@@ -14,6 +14,10 @@ tissue labels with 0 = air) and a voxel size in mm:
   supersampling in-plane, so every border's PDFF ramps over one voxel.
 - `liver_derived(cache_dir)`: truth from the conventional fit's maps of the real sub-liver slice
   (/work/shared/data/real-bids, absent from a user's clone), cleaned of isolated water/fat swaps.
+- `liver_iron(r2star_liver_s, shape, seed)`: graded liver iron overload: the abdomen's layout
+  with a liver of the given R2* (1/s; `IRON_GRADES_S` per protocol of `IRON_PROTOCOLS`: liver
+  R2* 50-1000 1/s at 1.5 T, 50-2000 1/s at 3 T), liver PDFF 0.05 with a steatotic region at 0.20,
+  and a spleen at half the liver's R2*. Not in `PHANTOMS`: it needs a grade.
 
 SNR is S0 of muscle / sigma, as in the demo: every phantom's `reference_s0` (muscle, or the
 median water-dominant tissue of the liver slice) is 100, so sigma = 100 / SNR.
@@ -422,3 +426,83 @@ def write_truth(directory: Path, phantom: Phantom, subject: str = "01") -> None:
                  directory / f"sub-{subject}_desc-truth_{'dseg' if key == 'labels' else key}.nii.gz")
     (directory / "sub-{}_desc-truth_dseg.tsv".format(subject)).write_text(
         "index\tname\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(phantom.tissues.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Liver iron overload (issue 16): R2* across the clinical range, per protocol.
+
+IRON_PROTOCOLS = {
+    # Short first echo and spacing, so that the signal of a heavily iron-loaded liver is sampled
+    # before it decays into the noise floor; SNR 50 (muscle S0 / sigma) for both.
+    "1.5T": Protocol(tuple(1.0e-3 * (i + 1) for i in range(6)), 1.5, 50.0),
+    "3T": Protocol(tuple(0.8e-3 * (i + 1) for i in range(8)), 3.0, 50.0),
+}
+# Liver R2* grades (1/s) per protocol: normal (50) to severe overload (1000 at 1.5 T, 2000 at 3 T).
+IRON_GRADES_S = {
+    "1.5T": (50.0, 250.0, 500.0, 750.0, 1000.0),
+    "3T": (50.0, 250.0, 500.0, 1000.0, 1500.0, 2000.0),
+}
+# Tissues of the iron phantom: (PDFF fraction, R2* 1/s, S0 image units). The liver's and the
+# spleen's R2* are placeholders, set from the grade by liver_iron; names starting with "liver" are
+# liver (IRON_LIVER_PREFIX).
+IRON_TISSUES: dict[str, Tissue] = {
+    "muscle": TISSUES["muscle"],
+    "liver": Tissue(2, 0.05, 50.0, 100.0),
+    "liver-steatosis": Tissue(3, 0.20, 50.0, 100.0),
+    "marrow": TISSUES["marrow"],
+    "subcutaneous-fat": TISSUES["subcutaneous-fat"],
+    "spleen": Tissue(6, 0.01, 25.0, 90.0),
+}
+IRON_LIVER_PREFIX = "liver"
+IRON_R2STAR_VARIATION = 0.01  # std of the liver's smooth R2* variation (fraction), clipped to +-3 %
+_IRON_R2STAR_VARIATION_MAX = 0.03
+
+
+def liver_labels(phantom: Phantom) -> list[int]:
+    """The labels of `phantom` that are liver (their names start with "liver")."""
+    return sorted(k for k, name in phantom.tissues.items() if name.startswith(IRON_LIVER_PREFIX))
+
+
+def liver_iron(r2star_liver_s: float, shape: tuple[int, int, int] = (96, 96, 8), seed: int = 0,
+               r2star_variation: float = IRON_R2STAR_VARIATION) -> Phantom:
+    """An abdomen with an iron-loaded liver, 1.8 x 1.8 x 3 mm voxels (the demo's).
+
+    The demo's layout (`make_phantom`: muscle in a subcutaneous fat ring, marrow-filled bone) with
+    a liver (label 2, "liver") of R2* `r2star_liver_s` (1/s), times a smooth spatial variation of
+    standard deviation `r2star_variation` (fraction; clipped to +-3 %; 0 for uniform), and PDFF
+    0.05; a steatotic region inside it (label 3, "liver-steatosis") of PDFF 0.20 and the same R2*;
+    and a spleen (label 6) at half the liver's R2* (iron loads both). Liver S0 100 image units,
+    as muscle (the SNR reference): a heavily loaded liver is dark because of its R2*, not its
+    proton density. Other tissues as the demo's (PDFF fraction, R2* 1/s, S0 with its spread);
+    air (label 0) has S0 = 0, PDFF 0, R2* 0, so that a written dataset holds noise alone there.
+    """
+    nx, ny, nz = (int(n) for n in shape)
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), indexing="ij")
+    labels = make_phantom((nx, ny, nz))  # 1 muscle, 2 liver, 3 steatosis, 4 marrow, 5 fat; 0 air
+    liver_disc = labels == TISSUES["liver"].label
+    labels[labels == TISSUES["steatosis"].label] = IRON_TISSUES["liver"].label
+    liver_disc |= labels == IRON_TISSUES["liver"].label
+    steatosis = np.hypot(x + 0.35, y - 0.1) < 0.14
+    labels[liver_disc & steatosis[..., None]] = IRON_TISSUES["liver-steatosis"].label
+    spleen = np.hypot(x - 0.45, y + 0.33) < 0.11
+    labels[spleen[..., None] & (labels == TISSUES["muscle"].label)] = IRON_TISSUES["spleen"].label
+    variation = np.clip(r2star_variation * _smooth_field(rng, (nx, ny, nz), (8, 8, 2)),
+                        -_IRON_R2STAR_VARIATION_MAX, _IRON_R2STAR_VARIATION_MAX)
+    pdff, r2, s0 = (np.zeros((nx, ny, nz)) for _ in range(3))
+    for name, tissue in IRON_TISSUES.items():
+        sel = labels == tissue.label
+        n = int(sel.sum())
+        if name.startswith(IRON_LIVER_PREFIX):
+            pdff[sel] = np.clip(tissue.pdff + rng.normal(0, 0.005, n), 0, 1)
+            r2[sel] = float(r2star_liver_s) * (1 + variation[sel])
+            s0[sel] = tissue.s0 * (1 + rng.normal(0, 0.02, n))
+            continue
+        r2star = float(r2star_liver_s) / 2 if name == "spleen" else tissue.r2star_s
+        pdff[sel] = np.clip(tissue.pdff + rng.normal(0, 0.02, n), 0, 1)
+        r2[sel] = np.clip(r2star * (1 + rng.normal(0, 0.1, n)), 5, None)
+        s0[sel] = tissue.s0 * (1 + rng.normal(0, 0.05, n))
+    return Phantom(f"liver-iron-{float(r2star_liver_s):g}", pdff, r2, s0, labels,
+                   tuple(float(v) for v in np.diag(DEMO_AFFINE)[:3]),
+                   {t.label: name for name, t in IRON_TISSUES.items()},
+                   notes={"r2star_liver_s": float(r2star_liver_s)})

@@ -16,7 +16,16 @@ PDFF_RANGES: dict[str, tuple[float, float]] = {
 # prefer one side; from RELIABLE on, the per-voxel choice is right (measured on synthetic truth).
 AMBIGUOUS_LLR_NATS = 1.0
 RELIABLE_LLR_NATS = 5.0
-R2STAR_MAX_S = 2000.0  # 1/s: the fit's upper bound (MAGORINO's 2 ms^-1)
+# A PDFF whose Cramer-Rao standard deviation exceeds this (fraction) is poorly determined by the
+# voxel's data (a tenth of the range: low signal, or high R2* leaving only the first echoes); a run
+# with more than UNCERTAIN_PDFF_SHARE of its mask so gets a WARNING (the real scans' dark rims
+# make 3-6 %; the liver is 18 % of the iron phantom's).
+UNCERTAIN_PDFF_SD = 0.1
+UNCERTAIN_PDFF_SHARE = 0.10
+# 1/s: the fit's R2* bound and the caps of the Cramer-Rao maps. Above the clinical range (severe
+# iron overload: about 1000 1/s at 1.5 T, 2000 1/s at 3 T) so that its top is estimated, not pinned
+# at the bound (MAGORINO's 2000 1/s pinned half of a 2000 1/s liver there).
+R2STAR_MAX_S = 3000.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,10 @@ class Parameter:
 
 PDFF = Parameter("PDFF", "pdff", "PDFFmap", "Proton density fat fraction, rho_F / (rho_W + rho_F)", "fraction (0-1)",
                  (0.0, 1.0))
-R2STAR = Parameter("R2star", "r2star_s", "R2starmap", "Transverse relaxation rate R2*", "1/s", (0.0, R2STAR_MAX_S))
+R2STAR = Parameter("R2star", "r2star_s", "R2starmap",
+                   f"Transverse relaxation rate R2* (the fit estimates it within 0-{R2STAR_MAX_S:g} 1/s; the "
+                   "networks' output is >= 0 and unbounded; the supervised networks' training range is in the "
+                   "provenance)",
+                   "1/s", (0.0, R2STAR_MAX_S))
 S0 = Parameter("S0", "s0", "S0map", "Signal at echo time 0 given by the fitted model", "arbitrary", (0.0, None))
 PARAMETERS = (PDFF, R2STAR, S0)

@@ -30,6 +30,9 @@ PANELS = {
 UNCERTAINTY_PANELS = ("SideProbmap", "PDFFsdmap", "R2starsdmap")
 # No distribution on [0, 1] has a standard deviation above 0.5: past it, a PDFF bound says "unknown".
 _MAX_PDFF_SD = 0.5
+# R2* maps and histograms end at the first of these (1/s) that holds the run's 99.5th percentile:
+# an iron-loaded liver (500-2000 1/s) stays visible, and runs of one kind share a scale.
+R2STAR_DISPLAY_MAXIMA_S = (100.0, 200.0, 500.0, 1000.0, 2000.0, 3000.0)
 
 
 def colour_limits(key: str, values: np.ndarray) -> tuple[float, float]:
@@ -38,7 +41,8 @@ def colour_limits(key: str, values: np.ndarray) -> tuple[float, float]:
     0.5-1 (0.5: a coin toss, the least either choice gives: the spatial choice's minimum is never
     improved by flipping one voxel). Unbounded ones go from 0 to
     their 99.5th percentile (upper_limit), so that a few outliers do not wash the map out; the PDFF
-    standard deviation is also capped at 0.5. The signed LLR is symmetric about 0, up to its 95th
+    standard deviation is also capped at 0.5. R2* ends at the first of R2STAR_DISPLAY_MAXIMA_S above
+    that percentile. The signed LLR is symmetric about 0, up to its 95th
     percentile of |LLR| and at least 1 nat (the ambiguity threshold)."""
     if key == "PDFFmap":
         return 0.0, 1.0
@@ -49,7 +53,14 @@ def colour_limits(key: str, values: np.ndarray) -> tuple[float, float]:
         bound = max(1.0, float(np.percentile(finite, 95))) if finite.size else 1.0
         return -bound, bound
     top = upper_limit(values)
+    if key == "R2starmap":
+        return 0.0, r2star_display_max(top)
     return 0.0, (min(top, _MAX_PDFF_SD) if key == "PDFFsdmap" else top)
+
+
+def r2star_display_max(top: float) -> float:
+    """The first of R2STAR_DISPLAY_MAXIMA_S (1/s) at or above `top` (the largest if none is)."""
+    return next((m for m in R2STAR_DISPLAY_MAXIMA_S if m >= top), R2STAR_DISPLAY_MAXIMA_S[-1])
 
 
 def mosaic(volume: np.ndarray, slices: list[int], title: str, cmap: str, limits: tuple[float, float],
@@ -123,6 +134,8 @@ def histogram_figure(maps: dict[str, np.ndarray], mask: np.ndarray) -> Figure:
         values = maps[suffix][mask]
         values = values[np.isfinite(values)]
         upper = 1.0 if suffix == "PDFFmap" else upper_limit(values)
+        if suffix == "R2starmap":
+            upper = r2star_display_max(upper)
         ax.hist(values, bins=60, range=(0, upper), color="#456")
         if suffix == "PDFFmap":
             ax.axvline(PDFF_BOUNDARY, color="tab:red", linestyle="--", linewidth=1, label="0.58")

@@ -112,7 +112,9 @@ def _provenance_table(prov: Provenance) -> str:
         ("Device, threads", html.escape(f"{prov.device}, {prov.torch_threads}")),
         ("Field strength (T)", prov.field_strength_t),
         ("Echo times (ms)", ", ".join(f"{1e3 * t:.3g}" for t in prov.echo_times_s)),
-        ("Foreground voxels", html.escape(f"{prov.mask_voxels} ({prov.mask_source})")),
+        ("Foreground voxels", html.escape(f"{prov.mask_voxels} ({prov.mask_source})" + (
+            f", {prov.mask_details['DroppedAsNoise']} usable voxels dropped as noise"
+            if "DroppedAsNoise" in prov.mask_details else ""))),
         ("Voxels on the fat side", f"{100 * est.share_choosing_fat:.1f}%"),
     ]
     for net in est.networks:

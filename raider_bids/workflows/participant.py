@@ -23,9 +23,9 @@ from ..estimators.base import ProgressCallbackFactory
 from ..physics.cramer_rao import cramer_rao_sd
 from ..physics.fat_spectrum import load_fat_spectrum
 from ..physics.identifiability import assess
-from ..physics.parameters import PARAMETERS
+from ..physics.parameters import PARAMETERS, UNCERTAIN_PDFF_SD, UNCERTAIN_PDFF_SHARE
 from ..physics.signal_model import Acquisition
-from ..preprocessing.mask import foreground_mask, usable_voxels
+from ..preprocessing.mask import GROW_FALSE_ALARM, NOISE_FALSE_ALARM, automatic_mask, provisional_tissue, usable_voxels
 from ..preprocessing.noise import estimate_sigma
 from ..provenance import ChoiceRecord, NoiseRecord, Provenance
 from ..reports.pages import participant_report
@@ -36,7 +36,10 @@ from .reruns import option_files, why_redo
 
 log = logging.getLogger(__name__)
 
-AUTOMATIC_MASK = "automatic (Otsu threshold on the log of the echo-mean magnitude, opening, specks removed)"
+AUTOMATIC_MASK = ("automatic (voxels standing above the noise: chi-square test of the sum of squared magnitudes "
+                  f"over the first k echoes, for each k, false-alarm probability {NOISE_FALSE_ALARM:g} per voxel, "
+                  f"grown into neighbours passing it at {GROW_FALSE_ALARM:g})")
+MIN_AUTOMATIC_SHARE = 0.01  # an automatic mask keeping less of the usable voxels: sigma or the data are wrong
 
 
 @dataclass
@@ -143,25 +146,41 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
     timings["LoadSeconds"] = time.perf_counter() - t0
 
     t = time.perf_counter()
+    # NaN/Inf voxels and voxels zero at every echo cannot be fitted, whatever the user's mask says.
+    usable = usable_voxels(data)
+    mask_details: dict = {}
     if config.mask_file:
-        # NaN/Inf voxels and voxels zero at every echo cannot be fitted, whatever the user's mask says.
-        mask = (load_mask(config.mask_file, data.shape[:3], reference.affine, run.echo_files[0].name)
-                & usable_voxels(data))
+        mask = load_mask(config.mask_file, data.shape[:3], reference.affine, run.echo_files[0].name) & usable
         mask_source = f"user: {config.mask_file}"
+        sample = mask  # sigma from the user's mask
     else:
-        mask = foreground_mask(data)
-        mask_source = AUTOMATIC_MASK
+        # The automatic mask tests each voxel against the noise, so sigma comes first (the user's, or
+        # estimated on a provisional tissue sample: Otsu's upper class); the test then makes the mask.
+        mask, mask_source = usable, AUTOMATIC_MASK
+        sample = provisional_tissue(data, usable) if config.sigma is None else usable
     if mask.sum() < 10:
         raise InputDataError(f"{run.echo_files[0]}: only {int(mask.sum())} voxels in the foreground mask")
-    signals = data[mask].astype(np.float64)  # the estimators work in float64 (stored as float32)
     timings["MaskSeconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if config.sigma is not None:
         noise = NoiseRecord(config.sigma, "user (--sigma)")
     else:
-        noise = estimate_sigma(signals, acquisition, np.random.default_rng(config.random_seed))
+        noise = estimate_sigma(data[sample].astype(np.float64), acquisition,
+                               np.random.default_rng(config.random_seed))
     timings["NoiseSeconds"] = time.perf_counter() - t
+
+    if not config.mask_file:
+        t = time.perf_counter()
+        mask, mask_details = automatic_mask(data, noise.sigma, usable)
+        n_usable, n_kept = mask_details["UsableVoxels"], int(mask.sum())
+        log.info("%s: automatic mask: %d of %d usable voxels above the noise (sigma %.4g)", run.name, n_kept,
+                 n_usable, noise.sigma)
+        if n_kept < max(10, MIN_AUTOMATIC_SHARE * n_usable):
+            raise InputDataError(f"{run.echo_files[0]}: only {n_kept} of {n_usable} voxels stand above the noise "
+                                 f"(sigma {noise.sigma:.4g}): give --sigma or --mask")
+        timings["MaskSeconds"] += time.perf_counter() - t
+    signals = data[mask].astype(np.float64)  # the estimators work in float64 (stored as float32)
     log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], noise.sigma, noise.method)
     identifiability = assess(acquisition, float(np.median(signals[:, 0])) / noise.sigma)
     if identifiability.flagged:
@@ -184,6 +203,7 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         t = time.perf_counter()
         sd = cramer_rao_sd(acquisition, estimates.s0, estimates.pdff, estimates.r2star_s, noise.sigma)
         timings["UncertaintySeconds"] = timings.get("UncertaintySeconds", 0.0) + time.perf_counter() - t
+        _warn_uncertain_pdff(run.name, estimator.name, sd["pdff"], estimates.r2star_s, signals[:, 0] / noise.sigma)
         results[estimator.name] = estimates
         records[estimator.name] = estimation_record(estimator, estimates, seconds)
         if sides is not None:
@@ -206,12 +226,26 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         torch_threads=torch.get_num_threads(), inputs=[f"bids:raw:{f}" for f in run.relative_files()],
         input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
         field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
-        mask_source=mask_source, mask_voxels=int(mask.sum()), methods=records,
+        mask_source=mask_source, mask_voxels=int(mask.sum()), mask_details=mask_details, methods=records,
         comparison=comparison_record(results), timings=timings, outputs={k: v.name for k, v in outputs.items()},
         identifiability=identifiability)
     outputs["provenance"] = dataset.write_provenance(run, provenance)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
     return RunResult(run, outputs)
+
+
+def _warn_uncertain_pdff(run_name: str, method: str, pdff_sd: np.ndarray, r2star_s: np.ndarray,
+                         first_echo_snr: np.ndarray) -> None:
+    """One WARNING where the data determine PDFF poorly in much of the mask (Cramer-Rao SD above
+    UNCERTAIN_PDFF_SD), saying what those voxels are like: low signal, or high R2* (iron) that
+    leaves only the first echoes."""
+    uncertain = pdff_sd > UNCERTAIN_PDFF_SD
+    share = float(uncertain.mean())
+    if share > UNCERTAIN_PDFF_SHARE:
+        log.warning("%s: %s: PDFF is poorly determined in %.1f%% of the mask (Cramer-Rao standard deviation "
+                    "above %g; there the median first-echo SNR is %.0f and the median R2* %.0f 1/s): see the "
+                    "PDFFsdmap before reading PDFF there", run_name, method, 100 * share, UNCERTAIN_PDFF_SD,
+                    float(np.median(first_echo_snr[uncertain])), float(np.median(r2star_s[uncertain])))
 
 
 def _choose_sides(mode: str, estimates: Estimates, mask: np.ndarray, voxel_size_mm: tuple[float, ...],

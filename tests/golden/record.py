@@ -4,12 +4,12 @@
 
 Runs the app through its command line on two small synthetic datasets and stores, in DIR
 (default: beside this file), every map and mask as arrays, every network's weights, every JSON
-and text file of the derivative dataset, and a hash of the input echoes. The stored files were
-made with the code of commit ab4dcf0 (before the layered layout of issue 14); the test runs the
-same calls with today's code and requires the same results.
+and text file of the derivative dataset, and a hash of the input echoes. tests/test_golden.py runs
+the same calls with today's code and requires the same results (its docstring says when the stored
+files were made, and why they were re-made).
 
 Only the command line, `raider_bids.experiments.demo.write_dataset` (the synthetic data) and nibabel/torch
-are used here, so this script runs unchanged against the old and the new code.
+are used here, so this script runs unchanged against old and new code.
 """
 
 from __future__ import annotations
