@@ -45,14 +45,6 @@ from raider_bids.physics.simulation import simulate_magnitude
 GROSS_PDFF_ERROR = 0.2
 
 
-def axis_of_pairs(mask: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """The grid axis (0, 1, 2) along which each neighbour pair of mask-order voxels lies."""
-    flat = np.flatnonzero(mask.ravel())
-    step = flat[j] - flat[i]
-    strides = {mask.shape[1] * mask.shape[2]: 0, mask.shape[2]: 1, 1: 2}
-    return np.array([strides[int(s)] for s in np.unique(step)])[np.searchsorted(np.unique(step), step)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phantom", choices=PHANTOMS, default="anatomy")
@@ -76,7 +68,8 @@ def main() -> None:
     border = border_voxels(phantom.pdff, phantom.labels)[mask]
 
     pairs = grid_pairs(mask, phantom.voxel_size_mm, signals, sigma)
-    weight = np.asarray(pairs.axis_weights)[axis_of_pairs(mask, pairs.i, pairs.j)]
+    # The same pairs between identical echoes: similarity 1, so their costs are the weights w_ij.
+    weight = grid_pairs(mask, phantom.voxel_size_mm, np.zeros_like(signals), sigma).e01.astype(np.float64)
     same_tissue = (labels[pairs.i] == labels[pairs.j]).astype(np.float64)
 
     def cut(similarity: np.ndarray, pull: float = PULL_NATS) -> np.ndarray:

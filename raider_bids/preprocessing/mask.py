@@ -39,6 +39,10 @@ GROW_FALSE_ALARM = 1e-3
 RULE = ("noise test: kept where, for some k, the sum over the first k echoes of magnitude^2 / sigma^2 "
         "exceeds the chi-square(2k) quantile at false-alarm probability FalseAlarmProbability / n_echoes; "
         "then grown into face-connected voxels passing the test at GrowFalseAlarmProbability")
+# The same rule, with its numbers, as the mask's sidecar and the report name its source.
+AUTOMATIC_MASK = ("automatic (voxels standing above the noise: chi-square test of the sum of squared magnitudes "
+                  f"over the first k echoes, for each k, false-alarm probability {NOISE_FALSE_ALARM:g} per voxel, "
+                  f"grown into neighbours passing it at {GROW_FALSE_ALARM:g})")
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

@@ -25,7 +25,7 @@ from ..physics.fat_spectrum import load_fat_spectrum
 from ..physics.identifiability import assess
 from ..physics.parameters import PARAMETERS, UNCERTAIN_PDFF_SD, UNCERTAIN_PDFF_SHARE
 from ..physics.signal_model import Acquisition
-from ..preprocessing.mask import GROW_FALSE_ALARM, NOISE_FALSE_ALARM, automatic_mask, provisional_tissue, usable_voxels
+from ..preprocessing.mask import AUTOMATIC_MASK, automatic_mask, provisional_tissue, usable_voxels
 from ..preprocessing.noise import estimate_sigma
 from ..provenance import ChoiceRecord, NoiseRecord, Provenance
 from ..reports.pages import participant_report
@@ -36,9 +36,6 @@ from .reruns import option_files, why_redo
 
 log = logging.getLogger(__name__)
 
-AUTOMATIC_MASK = ("automatic (voxels standing above the noise: chi-square test of the sum of squared magnitudes "
-                  f"over the first k echoes, for each k, false-alarm probability {NOISE_FALSE_ALARM:g} per voxel, "
-                  f"grown into neighbours passing it at {GROW_FALSE_ALARM:g})")
 MIN_AUTOMATIC_SHARE = 0.01  # an automatic mask keeping less of the usable voxels: sigma or the data are wrong
 
 
@@ -152,20 +149,18 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
     if config.mask_file:
         mask = load_mask(config.mask_file, data.shape[:3], reference.affine, run.echo_files[0].name) & usable
         mask_source = f"user: {config.mask_file}"
-        sample = mask  # sigma from the user's mask
-    else:
-        # The automatic mask tests each voxel against the noise, so sigma comes first (the user's, or
-        # estimated on a provisional tissue sample: Otsu's upper class); the test then makes the mask.
-        mask, mask_source = usable, AUTOMATIC_MASK
-        sample = provisional_tissue(data, usable) if config.sigma is None else usable
-    if mask.sum() < 10:
-        raise InputDataError(f"{run.echo_files[0]}: only {int(mask.sum())} voxels in the foreground mask")
+    # The most the mask can hold: the user's, or every usable voxel.
+    if (candidates := int((mask if config.mask_file else usable).sum())) < 10:
+        raise InputDataError(f"{run.echo_files[0]}: only {candidates} voxels in the foreground mask")
     timings["MaskSeconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if config.sigma is not None:
         noise = NoiseRecord(config.sigma, "user (--sigma)")
     else:
+        # The automatic mask tests each voxel against the noise, so sigma comes first: from the
+        # user's mask, or from a provisional tissue sample (Otsu's upper class).
+        sample = mask if config.mask_file else provisional_tissue(data, usable)
         noise = estimate_sigma(data[sample].astype(np.float64), acquisition,
                                np.random.default_rng(config.random_seed))
     timings["NoiseSeconds"] = time.perf_counter() - t
@@ -173,6 +168,7 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
     if not config.mask_file:
         t = time.perf_counter()
         mask, mask_details = automatic_mask(data, noise.sigma, usable)
+        mask_source = AUTOMATIC_MASK
         n_usable, n_kept = mask_details["UsableVoxels"], int(mask.sum())
         log.info("%s: automatic mask: %d of %d usable voxels above the noise (sigma %.4g)", run.name, n_kept,
                  n_usable, noise.sigma)
@@ -181,8 +177,9 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
                                  f"(sigma {noise.sigma:.4g}): give --sigma or --mask")
         timings["MaskSeconds"] += time.perf_counter() - t
     signals = data[mask].astype(np.float64)  # the estimators work in float64 (stored as float32)
+    first_echo_snr = signals[:, 0] / noise.sigma
     log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], noise.sigma, noise.method)
-    identifiability = assess(acquisition, float(np.median(signals[:, 0])) / noise.sigma)
+    identifiability = assess(acquisition, float(np.median(first_echo_snr)))
     if identifiability.flagged:
         log.warning("%s: the water/fat separation is unreliable with this protocol: %s. %s", run.name,
                     identifiability.reason, identifiability.advice)
@@ -203,7 +200,7 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         t = time.perf_counter()
         sd = cramer_rao_sd(acquisition, estimates.s0, estimates.pdff, estimates.r2star_s, noise.sigma)
         timings["UncertaintySeconds"] = timings.get("UncertaintySeconds", 0.0) + time.perf_counter() - t
-        _warn_uncertain_pdff(run.name, estimator.name, sd["pdff"], estimates.r2star_s, signals[:, 0] / noise.sigma)
+        _warn_uncertain_pdff(run.name, estimator.name, sd["pdff"], estimates.r2star_s, first_echo_snr)
         results[estimator.name] = estimates
         records[estimator.name] = estimation_record(estimator, estimates, seconds)
         if sides is not None:
