@@ -1,8 +1,10 @@
-"""Memory: reading --mem, the working-memory budget that sizes voxel chunks, the one helper that
-splits voxels into chunks, and what the check that refuses a run before loading needs."""
+"""Resources: the CPUs this process may use; memory: reading --mem, the working-memory budget that
+sizes voxel chunks, the one helper that splits voxels into chunks, and what the check that refuses
+a run before loading needs."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -16,6 +18,33 @@ MIN_WORKING_BYTES = 4 * 2**20
 # with benchmarks/clinical_subject.py (240 x 240 x 50 x 6, 52 % foreground, program 0.33 GB):
 # peak RSS 0.82 GB for ssl (28 bytes per value), 0.98 GB for fit (38); rounded up.
 BYTES_PER_IMAGE_VALUE = 40
+
+
+_CGROUP_QUOTAS = (("/sys/fs/cgroup/cpu.max", None),  # v2: "QUOTA PERIOD" or "max PERIOD"
+                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))  # v1
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, SLURM, Docker --cpuset-cpus),
+    capped by a cgroup CPU quota (Docker --cpus, Kubernetes limits), which os.cpu_count() and
+    torch's default thread count ignore. At least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    for quota_file, period_file in _CGROUP_QUOTAS:
+        try:
+            with open(quota_file) as f:
+                fields = f.read().split()
+            if period_file:
+                with open(period_file) as f:
+                    fields.append(f.read().strip())
+            quota, period = float(fields[0]), float(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # absent, or "max": no quota
+        if quota > 0 and period > 0:
+            cpus = min(cpus, max(1, math.ceil(quota / period)))
+    return max(1, cpus)
 
 
 def parse_memory(text: str) -> int:

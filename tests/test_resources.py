@@ -97,3 +97,23 @@ def test_small_working_memory_gives_the_same_fit():
         resources.set_working_memory(resources.DEFAULT_WORKING_BYTES)
     np.testing.assert_allclose(small.loss, reference.loss, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(small.pdff, reference.pdff, atol=1e-6)
+
+
+@pytest.mark.parametrize("quota, period, expected", [
+    ("150000 100000", None, 2),  # cgroup v2, 1.5 CPUs: rounded up
+    ("max 100000", None, None),  # v2, no quota
+    ("-1", "100000", None),  # v1, no quota
+    ("50000", "100000", 1),  # v1, half a CPU: still one thread
+])
+def test_available_cpus_follows_affinity_and_cgroup_quota(tmp_path, monkeypatch, quota, period, expected):
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "quota").write_text(quota + "\n")
+    if period:
+        (tmp_path / "period").write_text(period + "\n")
+    monkeypatch.setattr(resources, "_CGROUP_QUOTAS",
+                        ((str(tmp_path / "quota"), str(tmp_path / "period") if period else None),))
+    assert resources.available_cpus() == min(affinity, expected or affinity)
+    monkeypatch.setattr(resources, "_CGROUP_QUOTAS", ((str(tmp_path / "absent"), None),))
+    assert resources.available_cpus() == affinity

@@ -12,9 +12,11 @@ import torch
 
 from raider_bids.config import TRAINING_PRESETS
 from raider_bids.estimators.networks import PhysicsAutoencoder
+from raider_bids.estimators import get_estimator, training
 from raider_bids.estimators.training import early_stopping, split_indices, validation_size
 from raider_bids.physics.fat_spectrum import PRESETS
 from raider_bids.physics.signal_model import Acquisition
+from raider_bids.physics.simulation import simulate_magnitude
 
 ACQUISITION = Acquisition(tuple(1.15e-3 * k for k in range(1, 7)), 3.0, PRESETS["hernando"])
 SETTINGS = dataclasses.replace(TRAINING_PRESETS["fast"], learning_rate=1e-2, batch_size=8, patience=3,
@@ -100,3 +102,61 @@ def test_split_is_a_seeded_partition():
     assert val.size == 100 and np.array_equal(np.sort(np.concatenate([train, val])), np.arange(1000))
     again = split_indices(1000, 0.1, np.random.default_rng(3))
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+
+
+def test_step_threads_run_each_probe_and_keep_the_faster(monkeypatch):
+    """Training steps on CPU run on the caller's count or one thread, whichever the last probe
+    (PROBE_STEPS steps of each, every PROBE_EVERY_EPOCHS epochs) found faster; the caller's count
+    comes back at the end."""
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    cost = {1: 1.0, 2: 3.0}  # a busy machine: two threads are slower
+
+    def epoch(threads: training.StepThreads, number: int) -> list[int]:
+        seen = []
+        for step in range(2 * training.PROBE_STEPS + 3):
+            threads.before_step(number, step)
+            seen.append(torch.get_num_threads())
+            clock[0] += cost[torch.get_num_threads()]
+            threads.after_step(number, step)
+        return seen
+
+    try:
+        with training.StepThreads(torch.device("cpu"), 1000) as threads:
+            p = training.PROBE_STEPS
+            assert epoch(threads, 1) == [2] * p + [1] * p + [1] * 3
+            cost.update({1: 1.0, 2: 0.5})  # the other process ended
+            assert epoch(threads, 2) == [1] * (2 * p + 3)  # no probe
+            assert epoch(threads, 1 + training.PROBE_EVERY_EPOCHS) == [2] * p + [1] * p + [2] * 3
+        assert torch.get_num_threads() == 2
+        with training.StepThreads(torch.device("cpu"), training._GRAIN_SIZE) as threads:
+            assert epoch(threads, 1) == [2] * (2 * training.PROBE_STEPS + 3)  # ops split: never switched
+    finally:
+        torch.set_num_threads(caller)
+
+
+def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
+    """Why switching is allowed: below the grain size the thread count changes no bit of the trained
+    weights. (The maps predicted from them after training, on the caller's count, may differ in the
+    last bit from one --nprocs to another: a split op's chunks end on other elements, where the
+    vectorised and scalar paths of exp round differently.)"""
+    rng = np.random.default_rng(0)
+    n = 3000
+    signals = simulate_magnitude(ACQUISITION, np.ones(n), rng.uniform(0, 1, n), rng.uniform(0, 300, n), 1 / 60, rng)
+    settings = dataclasses.replace(TRAINING_PRESETS["fast"], max_epochs=2)
+    caller = torch.get_num_threads()
+    monkeypatch.setattr(training, "_GRAIN_SIZE", 0)  # no switching: every step on the caller's count
+    maps = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            estimates = get_estimator("ssl", settings).fit(signals, ACQUISITION, 1 / 60, seed=0,
+                                                           device=torch.device("cpu"))
+            maps.append(estimates.weights)
+    finally:
+        torch.set_num_threads(caller)
+    for kind in ("water", "fat"):
+        one, two = maps[0][kind]["state_dict"], maps[1][kind]["state_dict"]
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)

@@ -84,10 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args, argv)
         if config.work_dir:
             _log_to_work_dir(config.work_dir)
-        if config.nprocs:
-            import torch
-
-            torch.set_num_threads(config.nprocs)
         scratch = stack.enter_context(_cache_dirs(config.work_dir))
         from ..workflows.group import group
         from ..workflows.participant import participant
@@ -99,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.analysis_level == "group":
             group(config)
             return 0
+        import torch
+
+        from ..resources import available_cpus
+
+        # torch's default counts every core of the machine, not those the process may use
+        torch.set_num_threads(config.nprocs or available_cpus())
         result = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
         log.info("done: %d run(s) processed, %d skipped (already finished), %d failed%s; outputs in %s",
                  len(result.finished), len(result.skipped), len(result.failed),

@@ -90,12 +90,14 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng, settings.max_validation_voxels)
     train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
     model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
-    x_train, sigma_train, x_val, sigma_val = x[train_t], sig[train_t], x[val_t], sig[val_t]
+    train, x_val, sigma_val = torch.cat([x, sig], dim=1)[train_t], x[val_t], sig[val_t]
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return rician_nll_per_voxel(x_train[idx], model(x_train[idx]), sigma_train[idx]).mean(dim=1)
+        batch = train[idx]  # one gather for the signals and their sigma
+        signals = batch[..., :-1]
+        return rician_nll_per_voxel(signals, model(signals), batch[..., -1:]).mean(dim=1)
 
-    histories = early_stopping(model, x_train.shape[0], batch_loss,
+    histories = early_stopping(model, train.shape[0], batch_loss,
                                lambda: per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist(),
                                settings, generator, (seed,) * len(kinds), DEFAULT_NETWORK_LOSS, progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)

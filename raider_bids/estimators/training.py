@@ -35,6 +35,56 @@ def split_indices(n: int, validation_fraction: float, rng: np.random.Generator,
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+# A training step's tensors (a mini-batch through layers a few units wide) are barely worth splitting:
+# on an idle 2-core machine two threads are 10-20 % faster than one, but beside one CPU-bound process
+# they are 4x slower (each op waits for the thread that lost its core). So on CPU the step runs on
+# whichever is faster now, the caller's count or one thread, probed on PROBE_STEPS steps of each at
+# the start and every PROBE_EVERY_EPOCHS epochs (benchmarks/shared_machine.py). Below torch's grain
+# size (at::internal::GRAIN_SIZE elements per op) ops are not split, so the count does not change a
+# bit of the result; above it the caller's count is kept, for reproducibility. The validation loss
+# (tens of thousands of voxels, reduced to one number) always runs on one thread, for the same reason.
+PROBE_STEPS = 10
+PROBE_EVERY_EPOCHS = 5
+_GRAIN_SIZE = 32768
+
+
+class StepThreads:
+    """torch's intra-op threads during training steps; restores the caller's count on exit."""
+
+    def __init__(self, device: torch.device, largest_op_elements: int):
+        self.caller = torch.get_num_threads()
+        self.options = ((self.caller, 1) if device.type == "cpu" and self.caller > 1
+                        and largest_op_elements < _GRAIN_SIZE else (self.caller,))
+        self.chosen = self.options[-1]
+        self._seconds: dict[int, float] = {}
+
+    def __enter__(self) -> "StepThreads":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.caller)
+
+    def before_step(self, epoch: int, step: int) -> None:
+        probing = len(self.options) > 1 and (epoch - 1) % PROBE_EVERY_EPOCHS == 0 and step < 2 * PROBE_STEPS
+        threads = self.options[step // PROBE_STEPS] if probing else self.chosen
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        self._probing, self._start = probing, time.perf_counter()
+
+    def before_validation(self) -> None:
+        if len(self.options) > 1:
+            torch.set_num_threads(1)
+
+    def after_step(self, epoch: int, step: int) -> None:
+        if not self._probing:
+            return
+        threads = torch.get_num_threads()
+        self._seconds[threads] = self._seconds.get(threads, 0.0) + time.perf_counter() - self._start
+        if step == 2 * PROBE_STEPS - 1:
+            self.chosen = min(self.options, key=lambda t: self._seconds[t])
+            self._seconds = {}
+
+
 def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
                    validation_loss: Callable[[], list[float]], settings: TrainingSettings,
                    generator: torch.Generator, seeds: tuple[int, ...], loss_name: str,
@@ -45,7 +95,8 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable
     back. Returns each network's record (`loss_name` names the loss)."""
     k_nets = len(model.kinds)
     histories = [NetworkRecord(kind, seed, loss_name) for kind, seed in zip(model.kinds, seeds)]
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    # fused: one kernel for all the small weight tensors (a third of a step's time otherwise)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, fused=True)
     schedule = _cosine_schedule(optimiser, settings)
     best_loss = validation_loss()
     best_state = [model.network_state(k) for k in range(k_nets)]
@@ -55,40 +106,45 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable
     device = next(model.parameters()).device
     for h in histories:
         h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
-    for epoch in range(1, settings.max_epochs + 1):
-        running = torch.zeros(k_nets, dtype=torch.float64)
-        seen = 0
-        for idx in _epoch_batches(n_train, k_nets, settings, generator):
-            idx = idx.to(device)
-            per_network = batch_loss(idx)
-            optimiser.zero_grad(set_to_none=True)
-            per_network.sum().backward()
-            optimiser.step()
-            if schedule is not None:
-                schedule.step()
-            running += per_network.detach().cpu().double() * idx.shape[1]
-            seen += idx.shape[1]
-        val = validation_loss()
-        for k, h in enumerate(histories):
-            if not active[k]:
-                continue
-            h.train_loss.append(float(running[k]) / seen)
-            h.validation_loss.append(val[k])
-            h.epochs = epoch
-            h.seconds = time.perf_counter() - start
-            if not math.isfinite(val[k]):
-                h.stop_reason, active[k] = "validation loss not finite", False
-            elif val[k] < best_loss[k]:
-                best_loss[k], waited[k], h.best_epoch = val[k], 0, epoch
-                best_state[k] = model.network_state(k)
-            else:
-                waited[k] += 1
-            if active[k] and waited[k] >= settings.patience:
-                h.stop_reason, active[k] = f"no better validation loss for {settings.patience} epochs", False
-        if progress is not None:
-            progress(epoch, {h.network: h.validation_loss[-1] for h in histories if h.epochs == epoch})
-        if not any(active):
-            break
+    batch = min(settings.batch_size, n_train)
+    with StepThreads(device, k_nets * batch * max(w.shape[-1] for w in model.weights)) as threads:
+        for epoch in range(1, settings.max_epochs + 1):
+            running = torch.zeros(k_nets, dtype=torch.float64, device=device)
+            seen = 0
+            for step, idx in enumerate(_epoch_batches(n_train, k_nets, settings, generator)):
+                threads.before_step(epoch, step)
+                idx = idx.to(device)
+                per_network = batch_loss(idx)
+                optimiser.zero_grad(set_to_none=True)
+                per_network.sum().backward()
+                optimiser.step()
+                if schedule is not None:
+                    schedule.step()
+                running += per_network.detach().double() * idx.shape[1]  # on the device: no sync per step
+                seen += idx.shape[1]
+                threads.after_step(epoch, step)
+            threads.before_validation()
+            val = validation_loss()
+            for k, h in enumerate(histories):
+                if not active[k]:
+                    continue
+                h.train_loss.append(float(running[k]) / seen)
+                h.validation_loss.append(val[k])
+                h.epochs = epoch
+                h.seconds = time.perf_counter() - start
+                if not math.isfinite(val[k]):
+                    h.stop_reason, active[k] = "validation loss not finite", False
+                elif val[k] < best_loss[k]:
+                    best_loss[k], waited[k], h.best_epoch = val[k], 0, epoch
+                    best_state[k] = model.network_state(k)
+                else:
+                    waited[k] += 1
+                if active[k] and waited[k] >= settings.patience:
+                    h.stop_reason, active[k] = f"no better validation loss for {settings.patience} epochs", False
+            if progress is not None:
+                progress(epoch, {h.network: h.validation_loss[-1] for h in histories if h.epochs == epoch})
+            if not any(active):
+                break
     for k, h in enumerate(histories):
         model.load_network_state(k, best_state[k])
         h.best_validation_loss = best_loss[k]
