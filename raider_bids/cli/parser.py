@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto = cuda when available; CPU and GPU results differ slightly")
     res.add_argument("--nprocs", "--nthreads", type=_positive_int, dest="nprocs",
                      help="most CPU threads torch uses; default: the CPUs available to this process (affinity, "
-                          "cgroup quota); network training always runs on one")
+                          "cgroup quota); training steps use this many or one, whichever a probe finds faster")
     res.add_argument("--mem", type=_memory, metavar="SIZE",
                      help="memory this process may use, with a unit (e.g. 8GB, 500MB; a bare number is refused "
                           "because fMRIPrep reads it as MB and MRIQC as GB): chunks are sized to fit, and a run "
