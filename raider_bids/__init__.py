@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
 __all__ = ["__version__", "CODE_URL", "NAME"]
@@ -16,6 +15,8 @@ def _read_version() -> str:
     source_file = Path(__file__).resolve().parent.parent / "version"
     if source_file.is_file():
         return source_file.read_text().strip()
+    from importlib import metadata  # here: importing it costs more than reading the file
+
     try:
         return metadata.version(NAME)
     except metadata.PackageNotFoundError:  # pragma: no cover - only on broken installs

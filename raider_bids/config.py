@@ -109,6 +109,9 @@ class Config:
     device: str = DEVICES[0]
     nprocs: int | None = None
     mem_bytes: int | None = None
+    # Replace finished outputs made with other options, another version or from changed inputs
+    # (without it such a run is refused, never removed).
+    overwrite: bool = False
     command_line: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:

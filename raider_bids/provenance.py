@@ -8,7 +8,7 @@ check read its fields. Torch-free and stdlib-only, so that any layer may use it.
 schema had a version (version 1: no SchemaVersion key, each method's own keys beside the common
 ones, `ShareFatDominant` for the single network) and version 2 (no Identifiability, no Choice).
 Mask.Details (the automatic mask's rule and numbers, issue 16) is optional: absent for a user's
-mask and in records written before it.
+mask and in records written before it; so is a method's AddedBy (a method added by a later call).
 """
 
 from __future__ import annotations
@@ -51,6 +51,24 @@ class NetworkRecord:
                    validation_loss=list(d["ValidationLoss"]))
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where the training of a network stack stands while it runs (its NetworkRecords are what
+    stays), told to its ProgressCallback once before the first epoch (epoch 0), after every epoch,
+    and once when the stack has stopped (`finished`).
+    The networks of a stack train together in the same steps, so `elapsed_s` is the time of them
+    all, not of each."""
+
+    epoch: int  # epochs done
+    max_epochs: int  # the most epochs (--max-epochs); each network stops earlier after `patience`
+    patience: int  # epochs without a better validation loss before a network stops
+    elapsed_s: float  # wall time since the training started
+    validation_loss: dict[str, float]  # network -> its loss after this epoch, for those still training
+    networks: tuple[NetworkRecord, ...]  # every network of the stack, as trained so far
+    finished: bool = False  # the last call: every network has stopped
+    method: str = ""  # the estimator that trains (set by the estimator)
+
+
 @dataclass
 class ChoiceRecord:
     """How a method chose, per voxel, between its water- and its fat-dominant candidate."""
@@ -83,16 +101,20 @@ class EstimationRecord:
     networks: list[NetworkRecord] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the fit's optimiser, the training voxels
     choice: ChoiceRecord | None = None  # None: one candidate (the single network), or written before version 3
+    # For a method added to a finished run by a later call: that call's CommandLine, Software,
+    # Device, TorchThreads and Timings (the record's other fields describe the first call).
+    added_by: dict[str, Any] | None = None
 
     _KEYS = ("Method", "Description", "Reference", "Seconds", "ShareChoosingFat", "ShareChoosingWater",
-             "PDFFBoundary", "TrainingSettings", "Networks", "Details", "Choice")
+             "PDFFBoundary", "TrainingSettings", "Networks", "Details", "Choice", "AddedBy")
 
     def to_json(self) -> dict[str, Any]:
         return {"Method": self.method, "Description": self.description, "Reference": self.reference,
                 "Seconds": round(self.seconds, 3), "ShareChoosingFat": self.share_choosing_fat,
                 "ShareChoosingWater": 1 - self.share_choosing_fat, "PDFFBoundary": self.pdff_boundary,
                 "TrainingSettings": self.training_settings, "Networks": [n.to_json() for n in self.networks],
-                "Details": self.details, "Choice": self.choice.to_json() if self.choice else None}
+                "Details": self.details, "Choice": self.choice.to_json() if self.choice else None,
+                **({"AddedBy": self.added_by} if self.added_by else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EstimationRecord:
@@ -105,7 +127,8 @@ class EstimationRecord:
                    seconds=d.get("Seconds", 0.0), share_choosing_fat=fat,
                    pdff_boundary=d.get("PDFFBoundary", _V1_BOUNDARY), training_settings=d.get("TrainingSettings"),
                    networks=[NetworkRecord.from_json(n) for n in d.get("Networks", [])], details=details,
-                   choice=ChoiceRecord.from_json(d["Choice"]) if d.get("Choice") else None)
+                   choice=ChoiceRecord.from_json(d["Choice"]) if d.get("Choice") else None,
+                   added_by=dict(d["AddedBy"]) if d.get("AddedBy") else None)
 
 
 _V1_BOUNDARY = 0.58  # version 1 did not record it for the fit and the single network

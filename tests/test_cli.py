@@ -121,7 +121,7 @@ def _read_only_parent(bids, tmp):
 
 ROOT_WRITES_ANYWAY = pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0,
-    reason="running as root, whom a read-only directory does not stop; out-is-a-file covers exit 73")
+    reason="running as root, whom a read-only directory does not stop; out-under-a-file covers exit 73")
 
 
 def error(name, argv, code, fragments, prepare=None, marks=()):
@@ -175,11 +175,12 @@ ERRORS = [
     error("out-derivatives-lookalike", ["{bids}", "{bids}/derivatives-x", P], 64, ["inside the BIDS dataset"]),
     error("work-inside", ["{bids}", "{out}", P, "-w", "{bids}/work"], 64, ["--work-dir", "inside the BIDS dataset"]),
     error("work-is-bids", ["{bids}", "{out}", P, "--work-dir", "{bids}"], 64, ["--work-dir", "is the BIDS directory"]),
-    error("out-is-a-file", ["{bids}", "{tmp}/afile", P], 73, ["{tmp}/afile", "cannot write the output dataset"],
+    error("out-is-a-file", ["{bids}", "{tmp}/afile", P], 64, ["output_dir {tmp}/afile is a file, not a directory"],
           _a_file),
     error("out-under-a-file", ["{bids}", "{tmp}/afile/out", P], 73, ["{tmp}/afile", "cannot write the output dataset"],
           _a_file),
-    error("work-is-a-file", ["{bids}", "{out}", P, "-w", "{tmp}/afile"], 73, ["{tmp}/afile"], _a_file),
+    error("work-is-a-file", ["{bids}", "{out}", P, "-w", "{tmp}/afile"], 64,
+          ["--work-dir {tmp}/afile is a file, not a directory"], _a_file),
     error("out-parent-read-only", ["{bids}", "{tmp}/readonly/out", P], 73, ["{tmp}/readonly/out", "Permission denied"],
           _read_only_parent, marks=ROOT_WRITES_ANYWAY),
     # output under bids_dir/derivatives passes the path check and fails later

@@ -34,7 +34,7 @@ def test_the_command_line_defaults_are_the_configuration_defaults(tmp_path, monk
 def test_help_shows_the_configuration_defaults():
     text = "".join(build_parser().format_help().split())  # argparse wraps lines, also at hyphens
     assert f"(default:{DEFAULT_TRAINING})" in text and f"(default:{DEFAULT_SPECTRUM})" in text
-    assert f"(default:[{DEFAULT_METHOD!r}])" in text
+    assert f"(default:{DEFAULT_METHOD})" in text
     for name, method in METHODS.items():
         assert "".join(f"{name} = {method.summary}".split()) in text
 

@@ -95,7 +95,7 @@ def test_sigkill_during_training_then_rerun_completes_without_debris(bids, tmp_p
     run(tmp_path, *command(bids, reference, "--participant-label", "01", *SHORT))
     before = files(bids)
     killed = start_and_signal(tmp_path, command(bids, out, "--participant-label", "01", "-v", *LONG),
-                              signal.SIGKILL, "epoch 2,")
+                              signal.SIGKILL, "epoch 2/")
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "sub-01").exists() or not any((out / "sub-01").rglob("*_provenance.json"))
     err = run(tmp_path, *command(bids, out, "--participant-label", "01", *SHORT))
@@ -114,7 +114,7 @@ def test_sigterm_during_training_exits_143_and_leaves_nothing_of_the_run(bids, t
     run(tmp_path, *command(bids, out, "--participant-label", "01", "--method", "fit"))
     finished = files(out / "sub-01")
     stopped = start_and_signal(tmp_path, command(bids, out, "--participant-label", "02", "-v", *LONG),
-                               signal.SIGTERM, "epoch 2,")
+                               signal.SIGTERM, "epoch 2/")
     assert stopped.returncode == 143, stopped.log
     assert "Traceback" not in stopped.log and "terminated" in stopped.log
     assert not (out / "sub-02").exists() or not [p for p in (out / "sub-02").rglob("*") if p.is_file()]
@@ -134,17 +134,22 @@ def test_rerun_skips_finished_runs_and_says_so(bids, tmp_path):
     assert files(out) == before
 
 
-def test_rerun_with_other_options_recomputes_and_drops_stale_files(bids, tmp_path):
+def test_rerun_with_other_options_is_refused_then_replaced_with_overwrite(bids, tmp_path):
     out = tmp_path / "out"
     run(tmp_path, *command(bids, out, "--participant-label", "01", "--method", "fit", "--write-candidates"))
     assert any("desc-water_PDFFmap" in f for f in run_files(out, "01"))
-    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "--method", "fit"))
-    assert "already finished with the same options" not in err
-    assert "made with other options" in err
+    before = files(out / "sub-01")
+    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "--method", "fit", "--random-seed", "1"),
+              check=73)
+    assert "made with other options (--random-seed 0 -> 1)" in err and "--overwrite" in err, err
+    assert files(out / "sub-01") == before  # refused: nothing of the finished run touched
+    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "--method", "fit", "--random-seed", "1",
+                                 "--overwrite"))
+    assert "removing earlier outputs made with other options" in err
     names = run_files(out, "01")
     assert not any("desc-water" in f for f in names), names  # nothing left from the first options
     provenance = json.loads((out / "sub-01" / "anat" / "sub-01_provenance.json").read_text())
-    assert provenance["Configuration"]["write_candidates"] is False
+    assert provenance["Configuration"]["write_candidates"] is False and provenance["RandomSeed"] == 1
 
 
 def _touch_echo(bids: Path) -> None:
@@ -163,12 +168,14 @@ def _edit_echo_time(bids: Path) -> None:
 
 
 @pytest.mark.parametrize("change", [_touch_echo, _edit_echo_time], ids=["image", "sidecar"])
-def test_rerun_after_the_inputs_changed_recomputes(bids, tmp_path, change):
+def test_rerun_after_the_inputs_changed_is_refused_then_recomputed_with_overwrite(bids, tmp_path, change):
     out = tmp_path / "out"
     run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit"))
     untouched = {p: p.stat().st_mtime_ns for p in (out / "sub-02").rglob("*.nii.gz")}
     change(bids)
-    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit"))
+    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit"), check=73)
+    assert "sub-01 were made from inputs that have changed since" in err and "--overwrite" in err, err
+    err = run(tmp_path, *command(bids, out, "--participant-label", "01", "02", "--method", "fit", "--overwrite"))
     assert "sub-01: removing earlier outputs made from inputs that have changed since" in err, err
     assert "1 run(s) processed, 1 skipped" in err
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched

@@ -208,6 +208,19 @@ def test_group_report(simple):
     assert not re.search(r"<link[^>]*\bhref\s*=", html, re.I)
     for src in re.findall(r'<img[^>]*\bsrc="([^"]+)"', html):
         assert src.startswith("data:") or (out / src).is_file(), src
+    # the method is named, and each ROI has a numeric table whose numbers are group_roistats.tsv's
+    assert "fit: conventional two-start Rician maximum-likelihood fit" in html
+    assert re.search(r"<title>[^<]*\bfit\b[^<]*</title>", html)
+    table = read_table(out)
+    section = html.split("<h2 id=\"roi-foreground\">", 1)[1].split("<h2", 1)[0]
+    numbers = section.split('<table class="roistats">', 1)[1].split("</table>", 1)[0]
+    for name in MAPS:
+        mine = [r for r in table if r["map"] == name]
+        means, medians = (np.array([float(r[c]) for r in mine]) for c in ("mean", "median"))
+        q1, q3 = np.percentile(medians, [25, 75])
+        cells = [name, UNITS[name], "fit", "2", f"{means.mean():.4g}", f"{means.std(ddof=1):.4g}",
+                 f"{np.median(medians):.4g}", f"{q1:.4g} to {q3:.4g}", f"{medians.min():.4g} to {medians.max():.4g}"]
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" in numbers, (name, cells, numbers)
 
 
 def test_group_level_writes_nothing_into_inputs(simple):

@@ -95,13 +95,13 @@ def test_group_page_links_participants_and_lists_the_missing_one(outputs):
 
 
 def test_slices_cover_the_foreground_only():
-    mask = np.zeros((4, 4, 20), dtype=bool)
-    mask[1:3, 1:3, 5:15] = True
+    mask = np.zeros((20, 4, 4), dtype=bool)  # displayed slices first (View.stack)
+    mask[5:15, 1:3, 1:3] = True
     picked = _slices(mask)
     assert len(picked) == MAX_SLICES
     assert picked[0] == 5 and picked[-1] == 14
-    assert all(mask[:, :, z].any() for z in picked)
-    assert _slices(np.zeros((2, 2, 3), dtype=bool)) == [0, 1, 2]
+    assert all(mask[z].any() for z in picked)
+    assert _slices(np.zeros((3, 2, 2), dtype=bool)) == [0, 1, 2]
 
 
 
@@ -284,31 +284,28 @@ def test_uncertainty_colour_ranges_and_units():
 
     rng = np.random.default_rng(0)
     assert colour_limits("SideProbmap", rng.uniform(0.2, 1.0, 1000)) == (0.5, 1.0)
-    # a near-degenerate voxel's bound is huge (or infinite): the PDFF colours stop at 0.5
-    sd = np.concatenate([rng.uniform(0, 0.05, 1000), [np.inf, 40.0] * 50])
-    low, high = colour_limits("PDFFsdmap", sd)
-    assert low == 0 and high == 0.5
-    low, high = colour_limits("PDFFsdmap", rng.uniform(0, 0.05, 1000))
-    assert low == 0 and 0.045 < high <= 0.05
+    # fixed, whatever the values: a near-degenerate voxel's bound is huge (or infinite)
+    for sd in (np.concatenate([rng.uniform(0, 0.05, 1000), [np.inf, 40.0] * 50]), rng.uniform(0, 0.05, 1000)):
+        assert colour_limits("PDFFsdmap", sd) == (0.0, 0.2)
     r2 = np.concatenate([rng.uniform(0, 10, 10000), [np.inf, np.nan, 1e6]])
-    low, high = colour_limits("R2starsdmap", r2)
-    assert low == 0 and 9 < high <= 10  # the outliers do not wash the map out
-    volume = rng.uniform(0, 10, (8, 8, 2))
+    assert colour_limits("R2starsdmap", r2) == (0.0, 10.0)  # the outliers do not wash the map out
+    volume = rng.uniform(0, 10, (2, 8, 8))
     for key, units in (("R2starsdmap", "1/s"), ("SideProbmap", "probability"), ("PDFFsdmap", "fraction")):
         title, cmap, label = PANELS[key]
         fig = mosaic(volume, [0, 1], title, cmap, colour_limits(key, volume), None, label)
-        assert units in fig.axes[1].get_ylabel(), (key, fig.axes[1].get_ylabel())
+        assert units in fig.axes[-1].get_ylabel(), (key, fig.axes[-1].get_ylabel())
 
 
 def test_r2star_colour_range_holds_an_iron_loaded_liver_in_fixed_steps():
-    """Typical tissue (R2* 20-80 1/s) is drawn on 0-100 1/s; a liver at 1000 1/s filling a fifth of
-    the mask moves the scale to 0-1000, so the liver is not clipped; a few outliers do not."""
+    """Typical tissue (R2* 20-80 1/s) is drawn on 0-250 1/s; a liver at 1000 1/s filling a fifth of
+    the mask moves the scale to 0-2000, so the liver is not clipped; a few outliers do not."""
     from raider_bids.reports.figures import colour_limits
 
     rng = np.random.default_rng(0)
     tissue = rng.uniform(20, 80, 8000)
-    assert colour_limits("R2starmap", tissue) == (0.0, 100.0)
-    assert colour_limits("R2starmap", np.concatenate([tissue, [1900.0] * 10])) == (0.0, 100.0)
+    assert colour_limits("R2starmap", tissue) == (0.0, 250.0)
+    assert colour_limits("R2starmap", np.concatenate([tissue, [1900.0] * 10])) == (0.0, 250.0)
+    assert colour_limits("R2starmap", np.concatenate([tissue, rng.uniform(300, 400, 1000)])) == (0.0, 500.0)
     liver = rng.normal(1000, 30, 2000).clip(900, 1080)
     low, high = colour_limits("R2starmap", np.concatenate([tissue, liver]))
     assert low == 0 and high >= liver.max() and high in (1000.0, 2000.0)
@@ -324,3 +321,167 @@ def test_a_qc_row_keeps_free_text_in_one_cell():
     assert list(row) == QC_COLUMNS
     assert row["reason"] == "two echoes only" and row["advice"] is None  # a tab would split the TSV row
     assert row["flagged"] == "true" and row["run"] == "2" and row["choice_mode"] is None
+
+
+# ---------------------------------------------------------------- pages that compare: ranges, methods, group table
+
+def test_colour_ranges_are_the_same_for_runs_with_different_data():
+    """Two runs whose values differ get PDFF 0-1 and one R2* range while both stay below its first
+    step (250 1/s), whatever their own maxima; S0 ends at a 1/2/5 x 10^k step, shared by runs of
+    similar intensity; identical data give identical ranges."""
+    from raider_bids.reports.figures import colour_limits
+
+    rng = np.random.default_rng(1)
+    first = {"PDFFmap": rng.uniform(0, 0.3, 5000), "R2starmap": rng.uniform(20, 90, 5000),
+             "S0map": rng.uniform(50, 130, 5000)}
+    second = {"PDFFmap": rng.uniform(0.4, 0.95, 5000), "R2starmap": rng.uniform(10, 230, 5000),
+              "S0map": rng.uniform(20, 190, 5000)}
+    for key in ("PDFFmap", "R2starmap", "S0map"):
+        assert colour_limits(key, first[key]) == colour_limits(key, second[key]), key
+        assert colour_limits(key, first[key]) == colour_limits(key, first[key].copy()), key
+    assert colour_limits("PDFFmap", first["PDFFmap"]) == (0.0, 1.0)
+    assert colour_limits("R2starmap", first["R2starmap"]) == (0.0, 250.0)
+    assert colour_limits("S0map", first["S0map"]) == (0.0, 200.0)
+    # another scanner's units: 0.22 rounds up to 0.5, 1480 to 2000
+    assert colour_limits("S0map", rng.uniform(0.1, 0.22, 1000)) == (0.0, 0.5)
+    assert colour_limits("S0map", rng.uniform(100, 1480, 100000)) == (0.0, 2000.0)
+
+
+@pytest.mark.parametrize("value, step", [(0.222, 0.5), (148.3, 200.0), (100.0, 100.0), (100.01, 200.0),
+                                         (0.05, 0.05), (0.0501, 0.1), (4.9, 5.0), (7.0, 10.0), (1e-7, 1e-7),
+                                         (0.0, 1.0), (np.nan, 1.0)])
+def test_nice_ceiling(value, step):
+    from raider_bids.reports.figures import nice_ceiling
+
+    assert nice_ceiling(value) == step
+
+
+def _text(page: Path) -> str:
+    """A page's text without tags, entities resolved (what a reader sees)."""
+    import html as html_lib
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", page.read_text()))
+
+
+def test_every_map_states_its_colour_range_rule(outputs):
+    from raider_bids.reports.figures import RANGE_RULES
+
+    text = " ".join(_text(outputs / "sub-01.html").split())
+    for key in ("echo1", "PDFFmap", "R2starmap", "S0map", "confidence"):
+        assert RANGE_RULES[key] in text, key
+    assert "Colour range 0 to 1 fraction" in text  # PDFF, fixed
+    assert re.search(r"Colour range 0 to (250|500|1000|2000|3000) 1/s", text)
+    assert "250" in RANGE_RULES["R2starmap"] and "99th percentile" in RANGE_RULES["S0map"]
+    # the orientation is stated too
+    assert "Axial slices seen from the feet (radiological view)" in text
+
+
+def test_the_method_is_in_the_participant_pages_title_and_figures(outputs):
+    from raider_bids.config import METHODS
+
+    for subject, method in (("01", "ssl"), ("02", "fit")):
+        page = (outputs / f"sub-{subject}.html").read_text()
+        label = f"{method}: {METHODS[method].summary}"
+        title = re.search(r"<title>(.*?)</title>", page).group(1)
+        assert label in _text_of(title), title
+        assert label in _text_of(re.search(r"<h1>(.*?)</h1>", page).group(1))
+        alts = re.findall(r'<img src="[^"]*_(PDFFmap|R2starmap|S0map|histograms)\.png" alt="([^"]*)"', page)
+        assert len(alts) == 4 and all(label in _text_of(alt) for _, alt in alts), alts
+
+
+def _text_of(fragment: str) -> str:
+    import html as html_lib
+
+    return html_lib.unescape(fragment)
+
+
+class _Tables(HTMLParser):
+    """The cells of each <table class="roistats">, by the <h2> heading above it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._heading, self._in_heading, self._table, self._cell = "", False, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "h2":
+            self._in_heading, self._heading = True, ""
+        elif tag == "table" and dict(attrs).get("class") == "roistats":
+            self._table = self.tables.setdefault(self._heading, [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_heading = False
+        elif tag == "table":
+            self._table = None
+        elif tag in ("td", "th") and self._table is not None and self._cell is not None:
+            self._table[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._in_heading:
+            self._heading += data
+        if self._cell is not None:
+            self._cell += data
+
+
+def roistats_tables(page: Path) -> dict[str, list[dict[str, str]]]:
+    """The group page's per-ROI numeric tables: ROI heading -> rows as header -> cell."""
+    parser = _Tables()
+    parser.feed(page.read_text())
+    return {heading: [dict(zip(rows[0], row)) for row in rows[1:]] for heading, rows in parser.tables.items()}
+
+
+def expected_across_runs(tsv: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    """From group_roistats.tsv, per (roi, map, method): the across-run statistics as the page
+    should print them (4 significant digits), computed here with numpy."""
+    import csv
+
+    with open(tsv, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["roi"], r["map"], r["method"]), []).append(r)
+    g = "{:.4g}".format
+    expected = {}
+    for key, members in groups.items():
+        used = [r for r in members if r["median"] != "n/a"]
+        means = np.array([float(r["mean"]) for r in used])
+        medians = np.array([float(r["median"]) for r in used])
+        if not used:
+            expected[key] = {"Runs": "0"}
+            continue
+        q1, q3 = np.percentile(medians, [25, 75])
+        expected[key] = {"Runs": str(len(used)), "Mean of run means": g(means.mean()),
+                         "SD of run means": g(means.std(ddof=1)) if len(used) > 1 else "n/a",
+                         "Median of run medians": g(np.median(medians)),
+                         "IQR of run medians": f"{g(q1)} to {g(q3)}",
+                         "Range of run medians": f"{g(medians.min())} to {g(medians.max())}"}
+    return expected
+
+
+def test_group_page_names_methods_and_tabulates_group_roistats(outputs):
+    page = outputs / "group.html"
+    text = page.read_text()
+    title = _text_of(re.search(r"<title>(.*?)</title>", text).group(1))
+    assert "ssl" in title and "fit" in title, title
+    reader = _text(page)
+    assert "ssl: the paper's dual self-supervised networks" in reader and "fit: conventional" in reader
+    tables = roistats_tables(page)
+    expected = expected_across_runs(outputs / "group_roistats.tsv")
+    assert {roi for roi, _, _ in expected} == {h.removeprefix("ROI ") for h in tables}
+    seen = set()
+    for heading, rows in tables.items():
+        roi = heading.removeprefix("ROI ")
+        for row in rows:
+            key = (roi, row["Map"], row["Method"])
+            assert key in expected, key
+            for column, value in expected[key].items():
+                assert row[column] == value, (key, column, row[column], value)
+            seen.add(key)
+    assert seen == set(expected)
+    assert {method for _, _, method in seen} == {"ssl", "fit"}

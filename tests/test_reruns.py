@@ -1,6 +1,6 @@
 """Reruns judge a finished run by the content of the files its options name: a --mask or a
---fat-spectrum file edited in place redoes the run, even with its size and modification time
-kept; an untouched one is skipped."""
+--fat-spectrum file edited in place makes the run's outputs stale, even with its size and
+modification time kept (refused, then redone with --overwrite); an untouched one is skipped."""
 
 from __future__ import annotations
 
@@ -59,12 +59,15 @@ def test_mask_and_spectrum_files_edited_in_place_redo_the_run(capsys, inputs, tm
     data[tuple(np.argwhere(data > 0)[0])] = 0
     _edit_in_place(plain, nib.Nifti1Image(data, img.affine, img.header).to_bytes())
     code, err = run_cli(capsys, argv)
-    assert code == 0 and "made from a mask or fat spectrum file whose content has changed since" in err, err
+    assert code == 73 and "made from a mask or fat spectrum file whose content has changed since" in err, err
+    assert "give --overwrite" in err
+    code, err = run_cli(capsys, [*argv, "--overwrite"])
+    assert code == 0 and "removing earlier outputs made from a mask or fat spectrum file" in err, err
     voxels = json.loads((out / "sub-01" / "anat" / "sub-01_provenance.json").read_text())["Mask"]["Voxels"]
     assert voxels == provenance["Mask"]["Voxels"] - 1
 
     _edit_in_place(spectrum, spectrum.read_bytes().replace(b"0.7", b"0.6"))
-    code, err = run_cli(capsys, argv)
+    code, err = run_cli(capsys, [*argv, "--overwrite"])
     assert code == 0 and "whose content has changed since" in err, err
 
     code, err = run_cli(capsys, argv)
@@ -84,7 +87,8 @@ def test_the_same_files_at_other_paths_are_the_same_inputs(capsys, inputs, tmp_p
     code, err = run_cli(capsys, argv)
     assert code == 0 and "already finished with the same options" in err, err
     code, err = run_cli(capsys, [bids, out, "participant", "--method", "fit", "--mask", moved / mask.name])
-    assert code == 0 and "made with other options" in err, err  # the preset spectrum instead of the file
+    # the preset spectrum instead of the file
+    assert code == 73 and "made with other options (--fat-spectrum a file -> hernando)" in err, err
 
 
 def test_a_preset_spectrum_names_no_file(capsys, inputs, tmp_path):

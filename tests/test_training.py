@@ -86,9 +86,10 @@ def test_a_non_finite_validation_loss_stops_that_network_only():
 def test_training_stops_when_every_network_has_stopped():
     calls = []
     records, seen, _ = _train(([10.0, 5.0] + [6.0] * 9, [10.0, 5.0] + [6.0] * 9),
-                              progress=lambda epoch, losses: calls.append((epoch, sorted(losses))))
+                              progress=lambda state: calls.append((state.epoch, sorted(state.validation_loss),
+                                                                   state.finished)))
     assert [r.epochs for r in records] == [4, 4] and len(seen) == 5
-    assert calls == [(e, ["fat", "water"]) for e in range(1, 5)]
+    assert calls == [(e, ["fat", "water"], False) for e in range(5)] + [(4, ["fat", "water"], True)]
 
 
 @pytest.mark.parametrize("n, fraction, cap, expected", [(2, 0.1, None, 1), (100, 0.1, None, 10),
@@ -160,3 +161,4 @@ def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
     for kind in ("water", "fat"):
         one, two = maps[0][kind]["state_dict"], maps[1][kind]["state_dict"]
         assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+

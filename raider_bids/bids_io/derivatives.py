@@ -20,7 +20,7 @@ from ..config import METHODS, Method
 from ..errors import OutputError
 from ..physics.parameters import PARAMETERS
 from ..provenance import Provenance
-from .files import write_json, write_nifti, write_text, write_torch
+from .files import copy_file, write_json, write_nifti, write_text, write_torch
 from .raw import MegreRun, RunEntities, parse_entities
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,39 @@ class DerivativesDataset:
         if len(methods) > 1:
             volumes |= {(suffix, m.method.name): (values, m.method)
                         for m in methods for suffix, values in m.maps.items()}
+        mask_path = self.path(run, "mask", desc="foreground")
+        outputs = self._write_volumes(run, reference, mask, volumes, threads, mask_path)
+        write_json(_sidecar_path(mask_path), {"Description": f"Foreground mask, {mask_source}",
+                                              "Sources": _sources(run), "SkullStripped": False})
+        outputs["mask"] = mask_path
+        return outputs | self._write_weights(run, methods, primary)
+
+    def add_methods(self, previous: RunOutputs, run: MegreRun, reference: nib.Nifti1Image, mask: np.ndarray,
+                    methods: list[MethodOutputs], threads: int) -> dict[str, Path]:
+        """Other methods' outputs beside a finished run's (`previous`), which are left as they
+        are: each new method's maps as desc-<method> variants and its weights as
+        desc-<method><network>; where the run had one method, its maps are also copied to
+        desc-<method> variants, as a run with several methods has them. Returns the new output
+        keys -> paths; the provenance listing them all is written after (write_provenance)."""
+        assert previous.provenance is not None
+        primary = previous.provenance.estimation.method
+        outputs: dict[str, Path] = {}
+        if len(previous.provenance.methods) < 2:
+            for key, path in previous.listed.items():
+                if key in MAPS:
+                    copy = self.path(run, key, desc=primary)
+                    copy_file(path, copy)
+                    write_json(_sidecar_path(copy), map_sidecar(run, key, METHODS[primary], primary))
+                    outputs[f"{key}-{primary}"] = copy
+        volumes = {(suffix, m.method.name): (values, m.method) for m in methods for suffix, values in m.maps.items()}
+        outputs |= self._write_volumes(run, reference, mask, volumes, threads)
+        return outputs | self._write_weights(run, methods, None)
+
+    def _write_volumes(self, run: MegreRun, reference: nib.Nifti1Image, mask: np.ndarray,
+                       volumes: dict[tuple[str, str | None], tuple[np.ndarray, Method]], threads: int,
+                       mask_path: Path | None = None) -> dict[str, Path]:
+        """Each (suffix, desc) -> (values over the mask, method) as a map with its sidecar, and
+        the mask itself at `mask_path` if given."""
         outputs: dict[str, Path] = {}
         # Several files at once: their gzip compression runs outside the GIL. The block waits for
         # every write, so no file appears after an interruption's cleanup.
@@ -227,13 +260,17 @@ class DerivativesDataset:
                 jobs.append(pool.submit(_write_map, path, values, mask, reference))
                 write_json(_sidecar_path(path), map_sidecar(run, suffix, method, desc))
                 outputs[suffix if desc is None else f"{suffix}-{desc}"] = path
-            mask_path = self.path(run, "mask", desc="foreground")
-            jobs.append(pool.submit(write_nifti, mask_path, mask, reference, dtype=np.uint8))
+            if mask_path is not None:
+                jobs.append(pool.submit(write_nifti, mask_path, mask, reference, dtype=np.uint8))
             for job in jobs:
                 job.result()
-        write_json(_sidecar_path(mask_path), {"Description": f"Foreground mask, {mask_source}",
-                                              "Sources": _sources(run), "SkullStripped": False})
-        outputs["mask"] = mask_path
+        return outputs
+
+    def _write_weights(self, run: MegreRun, methods: list[MethodOutputs],
+                       primary: MethodOutputs | None) -> dict[str, Path]:
+        """The networks' weights: desc-<network> for the primary method, desc-<method><network>
+        for the others."""
+        outputs: dict[str, Path] = {}
         for m in methods:
             for network, weights in m.weights.items():
                 desc = network if m is primary else f"{m.method.name}{network}"
@@ -278,10 +315,9 @@ class DerivativesDataset:
         return sorted((self.run_outputs(RunOutputs(e, {})) for e in found), key=lambda r: r.name)
 
     # Removal.
-    def remove_run(self, run: RunEntities) -> list[Path]:
-        """Delete every file of one run: maps, sidecars, weights, report figures and the temporary
-        files of writes that were killed. The provenance goes first, so that an interruption here
-        never leaves a run that looks finished. Returns what was deleted."""
+    def run_files(self, run: RunEntities) -> list[Path]:
+        """Every file of one run: maps, sidecars, weights, provenance, report figures and the
+        temporary files of writes that were killed."""
         own = dict(run.entities)
 
         def belongs(path: Path) -> bool:
@@ -291,7 +327,20 @@ class DerivativesDataset:
             return path.is_file() and entities == own
 
         directories = (self.run_directory(run), self.figure_directory(run.subject))
-        files = [p for d in directories if d.is_dir() for p in d.iterdir() if belongs(p)]
+        return [p for d in directories if d.is_dir() for p in d.iterdir() if belongs(p)]
+
+    def stray_files(self, outputs: RunOutputs) -> list[Path]:
+        """The files of a finished run that its provenance does not account for: what a call
+        killed while adding methods to it left (temporary files, maps not yet listed)."""
+        listed = set(outputs.listed.values()) | {outputs.files["provenance"]}
+        listed |= {_sidecar_path(p) for p in listed if p.name.endswith(".nii.gz")}
+        return [p for p in self.run_files(outputs) if p.parent == self.run_directory(outputs) and p not in listed]
+
+    def remove_run(self, run: RunEntities, keep: frozenset[Path] = frozenset()) -> list[Path]:
+        """Delete every file of one run but those in `keep` (run_files). The provenance goes
+        first, so that an interruption here never leaves a run that looks finished. Returns what
+        was deleted."""
+        files = [p for p in self.run_files(run) if p not in keep]
         files.sort(key=lambda p: not p.name.endswith("_provenance.json"))
         try:
             for path in files:

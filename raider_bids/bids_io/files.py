@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def write_json(target: Path, content: Any) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+
+
+def copy_file(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_text(target: Path, content: str) -> None:

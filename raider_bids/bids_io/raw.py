@@ -95,6 +95,10 @@ def check_labels(option: str, labels: Iterable[str], prefix: str) -> list[str]:
     stripped = [label.removeprefix(prefix) for label in labels]
     for label, value in zip(labels, stripped):
         if not _LABEL.fullmatch(value):
+            parts = [part.strip() for part in label.split(",") if part.strip()]
+            if "," in label and parts and all(_LABEL.fullmatch(part.removeprefix(prefix)) for part in parts):
+                given = [part.strip() for text in labels for part in text.split(",") if part.strip()]
+                raise UsageError(f"{option} {label!r}: separate labels with spaces ({option} {' '.join(given)})")
             raise UsageError(f"{option} {label!r}: not a BIDS label (letters and digits only, e.g. 01)")
     return stripped
 

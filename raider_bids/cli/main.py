@@ -10,13 +10,14 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
 from ..errors import OutputError, RaiderError
 from .parser import build_parser, config_from_args
-from .progress import EpochReporter
+from .progress import EpochReporter, format_duration
 
 log = logging.getLogger("raider_bids")
 
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(_sigterm_as_exception())
+        start = time.perf_counter()
         config = config_from_args(args, argv)
         if config.work_dir:
             _log_to_work_dir(config.work_dir)
@@ -101,19 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # torch's default counts every core of the machine, not those the process may use
         torch.set_num_threads(config.nprocs or available_cpus())
-        result = participant(config, lambda name: EpochReporter(name, config.training.max_epochs))
-        log.info("done: %d run(s) processed, %d skipped (already finished), %d failed%s; outputs in %s",
-                 len(result.finished), len(result.skipped), len(result.failed),
-                 f" ({', '.join(result.failed)})" if result.failed else "", config.output_dir)
+        result = participant(config, EpochReporter)  # run name -> its progress reporter
+        log.info("done in %s: %d run(s) processed, %d skipped (already finished), %d failed%s; outputs in %s",
+                 format_duration(time.perf_counter() - start), len(result.finished), len(result.skipped),
+                 len(result.failed), f" ({', '.join(result.failed)})" if result.failed else "", config.output_dir)
         return result.exit_code
     except RaiderError as exc:
         log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("raider-bids: interrupted", file=sys.stderr)
+        log.error("interrupted (Ctrl-C): the run being processed left no outputs; finished runs are kept")
         return 130
     except _Terminated:
-        print("raider-bids: terminated (SIGTERM); unfinished runs left no outputs", file=sys.stderr)
+        log.error("terminated (SIGTERM): the run being processed left no outputs; finished runs are kept")
         return 143
     finally:
         stack.close()

@@ -12,9 +12,10 @@ import torch
 from ..config import Method, TrainingSettings
 from ..physics.parameters import PARAMETERS
 from ..physics.signal_model import Acquisition
-from ..provenance import NetworkRecord
+from ..provenance import NetworkRecord, TrainingProgress
 
-ProgressCallback = Callable[[int, dict[str, float]], None]  # (epoch, validation loss per training network)
+
+ProgressCallback = Callable[[TrainingProgress], None]
 ProgressCallbackFactory = Callable[[str], ProgressCallback]  # run name -> callback
 
 
@@ -69,6 +70,12 @@ class Estimator:
     @property
     def name(self) -> str:
         return self.method.name
+
+    def _progress(self, progress: ProgressCallback | None) -> ProgressCallback | None:
+        """`progress`, told this method's name with every TrainingProgress."""
+        if progress is None:
+            return None
+        return lambda state: progress(replace(state, method=self.name))
 
     def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
             device: torch.device, progress: ProgressCallback | None = None) -> Estimates:

@@ -29,7 +29,7 @@ class _SelfSupervised(Estimator):
     def fit(self, signals: np.ndarray, acquisition: Acquisition, sigma: float, *, seed: int,
             device: torch.device, progress: ProgressCallback | None = None) -> Estimates:
         trained = train_networks(signals, acquisition, sigma, self.method.networks, seed, device, self.training,
-                                 progress)
+                                 self._progress(progress))
         estimates = self._choose(predict(trained.model, trained.x, trained.sigma, trained.scale))
         trained.describe(estimates, acquisition)
         return estimates

@@ -69,7 +69,7 @@ class SupervisedDual(Estimator):
                          for _, labels in sets])  # (K, N, 2)
         model = PhysicsAutoencoder(acquisition, KINDS, generator).to(device)
         histories = train_supervised(model, x[:, n_val:], y[:, n_val:], x[:, :n_val], y[:, :n_val], self.training,
-                                     generator, (seed,) * len(KINDS), progress)
+                                     generator, (seed,) * len(KINDS), self._progress(progress))
         simulation = {
             "SamplesPerNetwork": self.simulated_samples, "TrainingSamplesPerNetwork": self.simulated_samples - n_val,
             "ValidationSamplesPerNetwork": n_val,

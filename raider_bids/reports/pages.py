@@ -19,11 +19,12 @@ from matplotlib.figure import Figure
 from .. import __version__
 from ..bids_io.derivatives import MAPS, DerivativesDataset, RunOutputs
 from ..bids_io.files import write_figure, write_text
+from ..config import METHODS
 from ..physics.parameters import AMBIGUOUS_LLR_NATS, PDFF_BOUNDARY
 from ..provenance import Provenance
 from .comparison import AGREEMENT
-from .figures import (PANELS, UNCERTAINTY_PANELS, colour_limits, histogram_figure, mosaic, roi_figure,
-                      training_figure)
+from .figures import (PANELS, RANGE_RULES, UNCERTAINTY_PANELS, View, colour_limits, histogram_figure, mosaic,
+                      roi_figure, training_figure)
 from .quality import RunQuality, flagged_first, run_quality
 from .roistats import STATISTIC_MAPS
 
@@ -71,32 +72,62 @@ def _image(output_dir: Path, path: Path, alt: str, draw: Callable[[], Figure]) -
     return f"<img src=\"{path.relative_to(output_dir).as_posix()}\" alt=\"{html.escape(alt)}\">"
 
 
-def _load(path: Path) -> np.ndarray:
-    """An output image in the closest canonical (RAS) orientation, as float."""
-    img = nib.as_closest_canonical(nib.load(path))
+def _read(path: Path) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
+    """An image's data on its own (acquisition) grid, as float (a 4-D image's first volume), and
+    the image (its affine and header)."""
+    img = nib.load(path)
     data = np.asarray(img.dataobj, dtype=np.float64)
-    return data[..., 0] if data.ndim == 4 else data
+    return (data[..., 0] if data.ndim == 4 else data), img
+
+
+class _Loader:
+    """Reads a run's images and turns each into displayed slices by the view of the run's grid
+    (the mask's): every map, mask and overlay of a page is reoriented here, the same way."""
+
+    def __init__(self, mask_path: Path):
+        data, img = _read(mask_path)
+        self.view = View.of_image(img)
+        self.shape, self.axes = data.shape, nib.orientations.io_orientation(img.affine)
+        self.mask = self.view.stack(data > 0)
+
+    def load(self, path: Path) -> np.ndarray:
+        data, img = _read(path)
+        if data.shape != self.shape or not np.array_equal(nib.orientations.io_orientation(img.affine), self.axes):
+            raise ValueError(f"{path.name} is not on the grid of the run's mask")
+        return self.view.stack(data)
 
 
 def _slices(mask: np.ndarray) -> list[int]:
-    """Up to MAX_SLICES axial slices, evenly spread over those that hold foreground."""
-    occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+    """Up to MAX_SLICES displayed slices (the first axis of View.stack), evenly spread over those
+    that hold foreground."""
+    occupied = np.flatnonzero(mask.any(axis=(1, 2)))
     if occupied.size == 0:
-        occupied = np.arange(mask.shape[2])
+        occupied = np.arange(mask.shape[0])
     picks = np.linspace(0, occupied.size - 1, min(MAX_SLICES, occupied.size)).round().astype(int)
     return [int(occupied[i]) for i in np.unique(picks)]
 
 
-def _first_echo(run: RunOutputs, bids_dir: Path | None) -> np.ndarray | None:
+def _first_echo(run: RunOutputs, bids_dir: Path | None, loader: _Loader) -> np.ndarray | None:
     inputs = run.provenance.inputs if run.provenance else []
     if bids_dir is None or not inputs or not str(inputs[0]).startswith("bids:raw:"):
         return None
     path = Path(bids_dir) / str(inputs[0])[len("bids:raw:"):]
     try:
-        return _load(path)
+        return loader.load(path)
     except Exception as exc:  # a report must not fail the run: the figure is left out
         log.warning("%s: first echo not shown in the report (%s)", path, exc)
         return None
+
+
+def method_label(name: str) -> str:
+    """A method as the pages name it, e.g. 'ssl: the paper's dual self-supervised networks'."""
+    method = METHODS.get(name)
+    return f"{name}: {method.summary}" if method else name
+
+
+def _range_caption(key: str, limits: tuple[float, float], units: str) -> str:
+    return (f"<p class=\"note caption\">Colour range {limits[0]:g} to {limits[1]:g} {html.escape(units)}, the "
+            f"same rule on every page: {html.escape(RANGE_RULES[key])}.</p>")
 
 
 def _number(value: Any) -> str:
@@ -119,7 +150,12 @@ def _provenance_table(prov: Provenance) -> str:
     ]
     for net in est.networks:
         rows.append((f"Network {net.network}", html.escape(
-            f"{net.epochs} epochs, best {net.best_epoch}, stopped: {net.stop_reason}, {round(net.seconds, 3)} s")))
+            f"{net.epochs} epochs, best {net.best_epoch}, stopped: {net.stop_reason}")))
+    if est.networks:  # the networks train together, in the same steps: one time for all of them
+        names = " and ".join(net.network for net in est.networks)
+        rows.append(("Training time", html.escape(
+            f"{round(max(net.seconds for net in est.networks), 3)} s ({names} trained together)"
+            if len(est.networks) > 1 else f"{round(est.networks[0].seconds, 3)} s")))
     if len(prov.methods) > 1:
         for name, method in prov.methods.items():
             rows.append((f"Method {html.escape(name)}", html.escape(
@@ -174,12 +210,14 @@ def _quality_table(quality: RunQuality, schema_version: int) -> str:
 def _run_section(dataset: DerivativesDataset, run: RunOutputs, bids_dir: Path | None) -> str:
     assert run.provenance is not None  # a finished run
     output_dir, figures = dataset.root, dataset.figure_directory(run.subject)
-    mask = _load(run.files["mask"]) > 0
-    maps = {s: _load(run.files[s]) for s in MAPS if s in run.files}
+    loader = _Loader(run.files["mask"])
+    view, mask = loader.view, loader.mask
+    maps = {s: loader.load(run.files[s]) for s in MAPS if s in run.files}
     slices = _slices(mask)
-    volumes: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # panel -> volume, mask to show
-    echo1 = _first_echo(run, bids_dir)
-    if echo1 is not None and echo1.shape == mask.shape:
+    method = method_label(run.provenance.estimation.method)
+    volumes: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # panel -> slices, mask to show
+    echo1 = _first_echo(run, bids_dir, loader)
+    if echo1 is not None:
         volumes["echo1"] = (echo1, None)
     volumes |= {key: (maps[key], mask) for key in ("PDFFmap", "R2starmap", "S0map")}
     if "LLRmap" in maps:
@@ -187,15 +225,19 @@ def _run_section(dataset: DerivativesDataset, run: RunOutputs, bids_dir: Path | 
     # The primary method's uncertainty (the plain names); runs written before them have none.
     volumes |= {key: (maps[key], mask) for key in UNCERTAINTY_PANELS if key in maps}
     quality = run_quality(run)
-    parts = [f"<h2 id=\"{run.name}\">{html.escape(run.name)}</h2>"]
+    parts = [f"<h2 id=\"{run.name}\">{html.escape(run.name)}: {html.escape(method)}</h2>"]
     if quality.flagged:
         parts.append(_banner(quality))
     parts.append(_quality_table(quality, run.provenance.schema_version))
+    parts.append(f"<h3>Maps ({html.escape(method)})</h3><p class=\"note orientation\">"
+                 f"{html.escape(view.describe())}</p>")
     for key, (volume, show_mask) in volumes.items():
         title, cmap, units = PANELS[key]
-        limits = colour_limits(key, volume if show_mask is None else volume[show_mask])
-        parts.append(_image(output_dir, figures / f"{run.name}_{key}.png", title,
-                            lambda: mosaic(volume, slices, title, cmap, limits, show_mask, units)))
+        title = title + ("\nraw data, before estimation" if key == "echo1" else f"\n{method}")
+        limits = colour_limits(key, volume[mask])  # the first echo's rule too is over the mask
+        parts.append(_image(output_dir, figures / f"{run.name}_{key}.png", title.replace("\n", ": "),
+                            lambda: mosaic(volume, slices, title, cmap, limits, show_mask, units, view)))
+        parts.append(_range_caption(key, limits, units))
     if "echo1" not in volumes:
         parts.append("<p class=\"note\">First echo not shown: the raw data were not found.</p>")
     if "confidence" not in volumes:
@@ -206,34 +248,40 @@ def _run_section(dataset: DerivativesDataset, run: RunOutputs, bids_dir: Path | 
                             lambda: training_figure(networks)))
     else:
         parts.append("<p class=\"note\">No training curves: this method trains no network.</p>")
-    parts.append(_image(output_dir, figures / f"{run.name}_histograms.png", "histograms",
-                        lambda: histogram_figure(maps, mask)))
-    parts += _comparison_section(dataset, run, maps, mask, slices)
+    parts.append(_image(output_dir, figures / f"{run.name}_histograms.png", f"histograms: {method}",
+                        lambda: histogram_figure(maps, mask, f"Histograms in the mask: {method}")))
+    parts.append("<p class=\"note\">Each histogram spans its map's colour range (above).</p>")
+    parts += _comparison_section(dataset, run, maps, loader, slices)
     parts.append("<h3>Provenance</h3>" + _provenance_table(run.provenance))
     return "\n".join(parts)
 
 
 def _comparison_section(dataset: DerivativesDataset, run: RunOutputs, maps: dict[str, np.ndarray],
-                        mask: np.ndarray, slices: list[int]) -> list[str]:
+                        loader: _Loader, slices: list[int]) -> list[str]:
     """With several methods: per other method, maps of its difference from the first method and
     the agreement statistics recorded in the provenance."""
     comparison = run.provenance.comparison if run.provenance else None
     if comparison is None:
         return []
     output_dir, figures, reference = dataset.root, dataset.figure_directory(run.subject), comparison.reference
-    parts = [f"<h3>Methods compared with {html.escape(reference)}</h3>"]
+    mask = loader.mask
+    parts = [f"<h3>Methods compared with {html.escape(method_label(reference))}</h3>"]
     for other, stats in comparison.agreement.items():
-        parts.append(f"<h4>{html.escape(other)} - {html.escape(reference)}</h4>")
-        for suffix, label in (("PDFFmap", "PDFF"), ("R2starmap", "R2* (1/s)")):
+        parts.append(f"<h4>{html.escape(method_label(other))} - {html.escape(reference)}</h4>")
+        for suffix, label, units in (("PDFFmap", "PDFF", "fraction"), ("R2starmap", "R2* (1/s)", "1/s")):
             path = run.listed.get(f"{suffix}-{other}")
             if path is None or not path.is_file():
                 parts.append(f"<p class=\"note\">{html.escape(other)}'s {label} map is missing.</p>")
                 continue
-            difference = _load(path) - maps[suffix]
-            bound = 1.0 if suffix == "PDFFmap" else max(1.0, float(np.percentile(np.abs(difference[mask]), 99)))
-            title = f"{label}: {other} - {reference} (blue: {other} lower, red: higher)"
-            parts.append(_image(output_dir, figures / f"{run.name}_{suffix}-{other}-minus-{reference}.png", title,
-                                lambda: mosaic(difference, slices, title, "RdBu_r", (-bound, bound), mask)))
+            difference = loader.load(path) - maps[suffix]
+            key = suffix.removesuffix("map") + "difference"
+            limits = colour_limits(key, difference[mask])
+            title = f"{label}: {other} - {reference}\n(blue: {other} lower, red: higher)"
+            parts.append(_image(output_dir, figures / f"{run.name}_{suffix}-{other}-minus-{reference}.png",
+                                title.replace("\n", " "),
+                                lambda: mosaic(difference, slices, title, "RdBu_r", limits, mask, units,
+                                               loader.view)))
+            parts.append(_range_caption(key, limits, units))
         parts.append(_table((AGREEMENT[k][0] + f" ({AGREEMENT[k][1]})", _number(v)) for k, v in stats.items()
                             if k in AGREEMENT))
     return parts
@@ -253,11 +301,13 @@ def participant_report(dataset: DerivativesDataset, subject: str, runs: list[Run
         banner = (f"<div class=\"banner\" role=\"alert\"><strong>Water/fat separation unreliable</strong> in "
                   f"{len(flagged)} of {len(runs)} run(s); their PDFF and R2* may be water/fat swapped in places:"
                   f"<ul>{items}</ul></div>")
-    body = (f"<h1>raider-bids: sub-{html.escape(subject)}</h1>{banner}<p>{len(runs)} run(s). "
+    methods = "; ".join(dict.fromkeys(method_label(r.provenance.estimation.method) for r in runs if r.provenance))
+    title = f"sub-{subject}" + (f": {methods}" if methods else "")
+    body = (f"<h1>raider-bids: {html.escape(title)}</h1>{banner}<p>{len(runs)} run(s). "
             f"<a href=\"group.html\">Group report</a> (after the group level).</p><ul>{index}</ul>"
             + "\n".join(_run_section(dataset, r, bids_dir) for r in runs))
     target = dataset.report_path(subject)
-    write_text(target, _page(f"sub-{subject}", body))
+    write_text(target, _page(f"raider-bids {title}", body))
     return target
 
 
@@ -292,19 +342,71 @@ def _quality_section(dataset: DerivativesDataset, quality: list[RunQuality], qc_
     return f"<h2 id=\"quality\">Quality control</h2>{summary}" + _grid(header, rows)
 
 
+def _across_runs(values: list[float]) -> dict[str, float | None]:
+    """Statistics across runs of one per-run statistic (ACROSS_RUNS' keys); None where undefined."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "sd": None, "median": None, "q1": None, "q3": None, "min": None, "max": None}
+    q1, median, q3 = np.percentile(v, [25, 50, 75])
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else None, "median": float(median),
+            "q1": float(q1), "q3": float(q3), "min": float(v.min()), "max": float(v.max())}
+
+
+ACROSS_RUNS_NOTE = ("Across runs: the mean and standard deviation (N-1) of the runs' ROI means, and the median, "
+                    "interquartile range (25th to 75th percentile, linear interpolation) and range of the runs' "
+                    "ROI medians, from the mean and median columns of {table}.tsv; runs without voxels in the "
+                    "ROI are left out.")
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.4g}"
+
+
+def _roi_tables(mine: list[dict], methods: list[str]) -> str:
+    """One ROI's statistics across runs, per map and method (ACROSS_RUNS_NOTE), and per run."""
+    rows = []
+    for name in STATISTIC_MAPS:
+        for method in methods:
+            selected = [r for r in mine if r["map"] == name and r["method"] == method and r["median"] is not None]
+            means = _across_runs([r["mean"] for r in selected])
+            medians = _across_runs([r["median"] for r in selected])
+            units = next((r["units"] for r in mine if r["map"] == name), "")
+            rows.append(([html.escape(name), html.escape(units), html.escape(method), str(len(selected)),
+                          _g(means["mean"]), _g(means["sd"]), _g(medians["median"]),
+                          f"{_g(medians['q1'])} to {_g(medians['q3'])}",
+                          f"{_g(medians['min'])} to {_g(medians['max'])}"], False))
+    header = ["Map", "Units", "Method", "Runs", "Mean of run means", "SD of run means", "Median of run medians",
+              "IQR of run medians", "Range of run medians"]
+    summary = _grid(header, rows).replace("<table>", "<table class=\"roistats\">", 1)
+    per_run = []
+    for r in mine:
+        per_run.append(([html.escape(r["source"]), html.escape(r["method"]), html.escape(r["map"]),
+                         html.escape(r["units"]), str(r["n_voxels"]), _g(r["mean"]), _g(r["stdv"]), _g(r["median"]),
+                         f"{_g(r['p05'])} to {_g(r['p95'])}"], False))
+    details = ("<details><summary>Per run</summary>"
+               + _grid(["Run", "Method", "Map", "Units", "Voxels", "Mean", "SD", "Median", "5th to 95th percentile"],
+                       per_run) + "</details>")
+    return summary + details
+
+
 def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOutputs],
                  problems: dict[str, str], table_name: str, quality: list[RunQuality], qc_table: str) -> Path:
     """Write group.html: the runs' quality control (flagged runs first; `quality`, one record per
-    run, from the QC table `qc_table`), per-ROI plots across participants, links to participant
-    pages, and the runs that are missing or failed."""
+    run, from the QC table `qc_table`), per ROI plots and a table of each map's statistics per
+    method across runs, links to participant pages, and the runs that are missing or failed."""
     output_dir = dataset.root
     participants = sorted({r["participant_id"] for r in rows})
     flagged = sum(q.flagged for q in quality)
-    body = [f"<h1>raider-bids: group report</h1><p>{len(runs)} run(s) of {len(participants)} participant(s) "
+    all_methods = list(dict.fromkeys(r["method"] for r in rows))
+    counts = {m: len({r["source"] for r in rows if r["method"] == m}) for m in all_methods}
+    methods_note = "; ".join(f"{html.escape(method_label(m))} ({counts[m]} run(s))" for m in all_methods)
+    body = [f"<h1>raider-bids: group report ({html.escape(', '.join(all_methods))})</h1>"
+            f"<p>{len(runs)} run(s) of {len(participants)} participant(s) "
             f"summarised; statistics in <a href=\"{table_name}.tsv\">{table_name}.tsv</a> "
             f"(columns described in <a href=\"{table_name}.json\">{table_name}.json</a>)."
             + (f" <a href=\"#quality\" class=\"bad\">{flagged} run(s) flagged</a> in quality control." if flagged
-               else "") + "</p>"]
+               else "") + "</p>"
+            f"<p class=\"methods\">Maps by method: {methods_note}. Every statistic below names its method.</p>"]
     if problems:
         items = "".join(f"<li class=\"bad\">{html.escape(k)}: {html.escape(v)}</li>"
                         for k, v in sorted(problems.items()))
@@ -319,21 +421,16 @@ def group_report(dataset: DerivativesDataset, rows: list[dict], runs: list[RunOu
         status = f"{len(names)} run(s) summarised" + (f"; <span class=\"bad\">{len(bad)} missing or failed</span>"
                                                       if bad else "")
         listing.append((label, f"{link}: {status}"))
-    body.append("<h2>Participants</h2>" + _table(listing))
+    body.append("<h2>Participants</h2>" + _table(listing)
+                + f"<p class=\"note\">Per ROI below: {html.escape(ACROSS_RUNS_NOTE.format(table=table_name))}</p>")
     for roi in dict.fromkeys(r["roi"] for r in rows):
         mine = [r for r in rows if r["roi"] == roi]
+        methods = list(dict.fromkeys(r["method"] for r in mine))
         image = _image(output_dir, dataset.figure_directory(None) / f"group_roi-{_safe(roi)}.png", f"ROI {roi}",
                        lambda: roi_figure(roi, mine, participants))
-        summary = []
-        methods = list(dict.fromkeys(r["method"] for r in mine))
-        for name in STATISTIC_MAPS:
-            for method in methods:
-                medians = np.array([r["median"] for r in mine if r["map"] == name and r["method"] == method
-                                    and r["median"] is not None])
-                summary.append((name if len(methods) == 1 else f"{name} ({html.escape(method)})",
-                                f"{medians.size} run(s); median of run medians {np.median(medians):.4g}, "
-                                f"range {medians.min():.4g} to {medians.max():.4g}" if medians.size else "no voxels"))
-        body.append(f"<h2>ROI {html.escape(roi)}</h2>{image}" + _table(summary))
+        body.append(f"<h2 id=\"roi-{_safe(roi)}\">ROI {html.escape(roi)}</h2>"
+                    f"<p>Method: {'; '.join(html.escape(method_label(m)) for m in methods)}.</p>{image}"
+                    + _roi_tables(mine, methods))
     target = output_dir / "group.html"
-    write_text(target, _page("raider-bids group report", "\n".join(body)))
+    write_text(target, _page(f"raider-bids group report: {', '.join(all_methods)}", "\n".join(body)))
     return target

@@ -4,20 +4,22 @@ is reported and the others go on; runs that already finished with the same optio
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
-from ..bids_io.derivatives import DerivativesDataset, MethodOutputs
+from ..bids_io.derivatives import DerivativesDataset, MethodOutputs, RunOutputs
 from ..choice import SideChoice, choose_sides
 from ..bids_io.raw import MegreRun, find_runs, load_filters, load_mask, load_run, run_size
 from ..config import Config
-from ..errors import InputDataError, RaiderError, ResourceError
+from ..errors import InputDataError, OutputError, RaiderError, ResourceError
 from ..estimators import Estimates, Estimator, get_estimator, resolve_device
 from ..estimators.base import ProgressCallbackFactory
 from ..physics.cramer_rao import cramer_rao_sd
@@ -31,8 +33,8 @@ from ..provenance import ChoiceRecord, NoiseRecord, Provenance
 from ..reports.pages import participant_report
 from ..resources import (DEFAULT_WORKING_BYTES, MIN_WORKING_BYTES, format_bytes, resident_bytes, run_bytes,
                          set_working_memory)
-from .recording import comparison_record, estimation_record, library_versions
-from .reruns import option_files, why_redo
+from .recording import comparison_record, estimation_record, library_versions, parameters
+from .reruns import ADD, REDO, REFUSE, SKIP, option_files, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +84,45 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
     result = ParticipantResult([], [], failed)
     for i, run in enumerate(runs, 1):
         previous = dataset.run_outputs(run)
-        redo = (why_redo(previous.provenance, config, options, run)
-                if previous.finished and previous.provenance else None)
-        if previous.finished and redo is None:
-            log.info("[%d/%d] %s: already finished with the same options (%s); skipped", i, len(runs), run.name,
-                     previous.files["provenance"].name)
+        plan = plan_run(previous, config, options, run)
+        step = f"[{i}/{len(runs)}] {run.name}"
+        if plan.action == SKIP:
+            log.info("%s: already finished with the same options (%s; %s); skipped", step,
+                     ", ".join(previous.provenance.methods), previous.files["provenance"].name)
             result.skipped.append(run)
             continue
-        if previous.files:
-            log.info("%s: removing earlier outputs %s", run.name, redo or "left by an interrupted or failed run")
-        dataset.remove_run(run)
-        log.info("[%d/%d] %s: %d echoes, TE %.2f-%.2f ms, %.3g T", i, len(runs), run.name,
-                 len(run.echo_times_s), 1e3 * run.echo_times_s[0], 1e3 * run.echo_times_s[-1],
-                 run.field_strength_t)
+        if plan.action == REFUSE:
+            error = OutputError(f"{previous.files['provenance']}: the finished outputs of {run.name} were "
+                                f"{plan.reason}; they are kept: give --overwrite to replace them, or choose "
+                                "another output directory")
+            log.error("%s", error)
+            result.failed[run.name] = error
+            continue
+        keep: frozenset[Path] = frozenset()
+        if plan.action == REDO:
+            log.log(logging.WARNING if previous.finished else logging.INFO, "%s: removing earlier outputs %s%s",
+                    run.name, plan.reason, " (--overwrite)" if previous.finished else "")
+            dataset.remove_run(run)
+        elif plan.action == ADD:
+            if strays := dataset.stray_files(previous):
+                log.info("%s: removing %d file(s) left by an interrupted call", run.name, len(strays))
+                dataset.remove_run(run, keep=frozenset(dataset.run_files(run)) - set(strays))
+            keep = frozenset(dataset.run_files(run))
+            log.info("%s: finished with %s; adding %s with the same options", run.name,
+                     ", ".join(previous.provenance.methods), ", ".join(plan.methods))
+        log.info("%s: %d echoes, TE %.2f-%.2f ms, %.3g T", step, len(run.echo_times_s), 1e3 * run.echo_times_s[0],
+                 1e3 * run.echo_times_s[-1], run.field_strength_t)
         try:
             callback = progress(run.name) if progress else None
             acquisition = Acquisition(run.echo_times_s, run.field_strength_t, spectrum)
-            result.finished.append(process_run(config, dataset, run, acquisition, options, estimators, device,
-                                               callback))
+            result.finished.append(process_run(
+                config, dataset, run, acquisition, options, [e for e in estimators if e.name in plan.methods],
+                device, callback, previous if plan.action == ADD else None))
         except BaseException as exc:
-            dataset.remove_run(run)  # whatever stops a run leaves none of its files
+            dataset.remove_run(run, keep=keep)  # whatever stops a run leaves none of the files it was writing
+            if not isinstance(exc, Exception):  # interrupted (Ctrl-C, SIGTERM): said here, raised on
+                log.error("%s: stopped; the outputs it was writing were removed%s", run.name,
+                          " (its finished ones are kept)" if keep else "")
             error = _user_error(exc, run)
             log.error("%s", error)
             result.failed[run.name] = error
@@ -131,9 +152,12 @@ def write_participant_reports(config: Config, dataset: DerivativesDataset, subje
 
 
 def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acquisition: Acquisition,
-                options: dict, estimators: list[Estimator], device: torch.device, progress=None) -> RunResult:
+                options: dict, estimators: list[Estimator], device: torch.device, progress=None,
+                previous: RunOutputs | None = None) -> RunResult:
     """Load, mask, estimate the noise, run every estimator (the first is the primary) and write;
-    `options` is the state of the files options name (reruns.option_files), for the provenance."""
+    `options` is the state of the files options name (reruns.option_files), for the provenance.
+    With `previous` (a finished run of the same options), the estimators' outputs are added to its
+    own, on its mask and noise level."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if config.mem_bytes:
@@ -141,41 +165,11 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
     inputs = run.input_state()  # before reading: a change while the run works shows on the next rerun
     data, reference = load_run(run, threads=torch.get_num_threads())
     timings["LoadSeconds"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    # NaN/Inf voxels and voxels zero at every echo cannot be fitted, whatever the user's mask says.
-    usable = usable_voxels(data)
-    mask_details: dict = {}
-    if config.mask_file:
-        mask = load_mask(config.mask_file, data.shape[:3], reference.affine, run.echo_files[0].name) & usable
-        mask_source = f"user: {config.mask_file}"
-    # The most the mask can hold: the user's, or every usable voxel.
-    if (candidates := int((mask if config.mask_file else usable).sum())) < 10:
-        raise InputDataError(f"{run.echo_files[0]}: only {candidates} voxels in the foreground mask")
-    timings["MaskSeconds"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if config.sigma is not None:
-        noise = NoiseRecord(config.sigma, "user (--sigma)")
+    if previous is None:
+        mask, noise, mask_source, mask_details = _mask_and_noise(config, run, data, reference.affine, acquisition,
+                                                                 timings)
     else:
-        # The automatic mask tests each voxel against the noise, so sigma comes first: from the
-        # user's mask, or from a provisional tissue sample (Otsu's upper class).
-        sample = mask if config.mask_file else provisional_tissue(data, usable)
-        noise = estimate_sigma(data[sample].astype(np.float64), acquisition,
-                               np.random.default_rng(config.random_seed))
-    timings["NoiseSeconds"] = time.perf_counter() - t
-
-    if not config.mask_file:
-        t = time.perf_counter()
-        mask, mask_details = automatic_mask(data, noise.sigma, usable)
-        mask_source = AUTOMATIC_MASK
-        n_usable, n_kept = mask_details["UsableVoxels"], int(mask.sum())
-        log.info("%s: automatic mask: %d of %d usable voxels above the noise (sigma %.4g)", run.name, n_kept,
-                 n_usable, noise.sigma)
-        if n_kept < max(10, MIN_AUTOMATIC_SHARE * n_usable):
-            raise InputDataError(f"{run.echo_files[0]}: only {n_kept} of {n_usable} voxels stand above the noise "
-                                 f"(sigma {noise.sigma:.4g}): give --sigma or --mask")
-        timings["MaskSeconds"] += time.perf_counter() - t
+        mask, noise, mask_source, mask_details = _finished_mask(previous, data.shape[:3])
     signals = data[mask].astype(np.float64)  # the estimators work in float64 (stored as float32)
     first_echo_snr = signals[:, 0] / noise.sigma
     log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], noise.sigma, noise.method)
@@ -214,21 +208,91 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         method_outputs.append(_method_outputs(estimator, estimates, sides, sd))
 
     t = time.perf_counter()
-    outputs = dataset.write_run(run, reference, mask, mask_source, method_outputs,
-                                config.write_candidates, threads=torch.get_num_threads())
+    threads = torch.get_num_threads()
+    if previous is None:
+        outputs = dataset.write_run(run, reference, mask, mask_source, method_outputs, config.write_candidates,
+                                    threads=threads)
+    else:
+        outputs = dataset.add_methods(previous, run, reference, mask, method_outputs, threads=threads)
     timings["WriteSeconds"] = time.perf_counter() - t
-    provenance = Provenance(
-        software=library_versions(), command_line=list(config.command_line) or sys.argv,
-        configuration=config.to_dict(), random_seed=config.random_seed, device=str(device),
-        torch_threads=torch.get_num_threads(), inputs=[f"bids:raw:{f}" for f in run.relative_files()],
-        input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
-        field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
-        mask_source=mask_source, mask_voxels=int(mask.sum()), mask_details=mask_details, methods=records,
-        comparison=comparison_record(results), timings=timings, outputs={k: v.name for k, v in outputs.items()},
-        identifiability=identifiability)
+    estimated = {name: parameters(e) for name, e in results.items()}
+    if previous is None:
+        provenance = Provenance(
+            software=library_versions(), command_line=list(config.command_line) or sys.argv,
+            configuration=config.to_dict(), random_seed=config.random_seed, device=str(device),
+            torch_threads=threads, inputs=[f"bids:raw:{f}" for f in run.relative_files()],
+            input_files=inputs, option_files=options, echo_times_s=list(run.echo_times_s),
+            field_strength_t=run.field_strength_t, fat_spectrum=acquisition.fat_spectrum.to_dict(), noise=noise,
+            mask_source=mask_source, mask_voxels=int(mask.sum()), mask_details=mask_details, methods=records,
+            comparison=comparison_record(estimated), timings=timings,
+            outputs={k: v.name for k, v in outputs.items()}, identifiability=identifiability)
+    else:
+        added_by = {"CommandLine": list(config.command_line) or sys.argv, "Software": library_versions(),
+                    "Device": str(device), "TorchThreads": threads, "Timings": timings}
+        for record in records.values():
+            record.added_by = added_by
+        recorded = {m: {p.key: np.asarray(nib.load(path).dataobj, dtype=np.float64)[mask]
+                        for p, path in zip(PARAMETERS, files.values())}
+                    for m, files in previous.method_maps().items()}
+        methods = previous.provenance.methods | records
+        provenance = dataclasses.replace(
+            previous.provenance, configuration=previous.provenance.configuration | {"methods": list(methods)},
+            methods=methods, comparison=comparison_record(recorded | estimated),
+            outputs=previous.provenance.outputs | {k: v.name for k, v in outputs.items()})
+        outputs = previous.listed | outputs
     outputs["provenance"] = dataset.write_provenance(run, provenance)
     log.info("%s: maps written to %s", run.name, outputs["PDFFmap"].parent)
     return RunResult(run, outputs)
+
+
+def _mask_and_noise(config: Config, run: MegreRun, data: np.ndarray, affine: np.ndarray,
+                    acquisition: Acquisition, timings: dict[str, float]) -> tuple[np.ndarray, NoiseRecord, str, dict]:
+    """The foreground mask (the user's, or the automatic one), the noise level, the mask's source
+    and the automatic mask's details; their seconds are added to `timings`."""
+    t = time.perf_counter()
+    # NaN/Inf voxels and voxels zero at every echo cannot be fitted, whatever the user's mask says.
+    usable = usable_voxels(data)
+    mask_details: dict = {}
+    if config.mask_file:
+        mask = load_mask(config.mask_file, data.shape[:3], affine, run.echo_files[0].name) & usable
+        mask_source = f"user: {config.mask_file}"
+    # The most the mask can hold: the user's, or every usable voxel.
+    if (candidates := int((mask if config.mask_file else usable).sum())) < 10:
+        raise InputDataError(f"{run.echo_files[0]}: only {candidates} voxels in the foreground mask")
+    timings["MaskSeconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if config.sigma is not None:
+        noise = NoiseRecord(config.sigma, "user (--sigma)")
+    else:
+        # The automatic mask tests each voxel against the noise, so sigma comes first: from the
+        # user's mask, or from a provisional tissue sample (Otsu's upper class).
+        sample = mask if config.mask_file else provisional_tissue(data, usable)
+        noise = estimate_sigma(data[sample].astype(np.float64), acquisition,
+                               np.random.default_rng(config.random_seed))
+    timings["NoiseSeconds"] = time.perf_counter() - t
+
+    if not config.mask_file:
+        t = time.perf_counter()
+        mask, mask_details = automatic_mask(data, noise.sigma, usable)
+        mask_source = AUTOMATIC_MASK
+        n_usable, n_kept = mask_details["UsableVoxels"], int(mask.sum())
+        log.info("%s: automatic mask: %d of %d usable voxels above the noise (sigma %.4g)", run.name, n_kept,
+                 n_usable, noise.sigma)
+        if n_kept < max(10, MIN_AUTOMATIC_SHARE * n_usable):
+            raise InputDataError(f"{run.echo_files[0]}: only {n_kept} of {n_usable} voxels stand above the noise "
+                                 f"(sigma {noise.sigma:.4g}): give --sigma or --mask")
+        timings["MaskSeconds"] += time.perf_counter() - t
+    return mask, noise, mask_source, mask_details
+
+
+def _finished_mask(previous: RunOutputs, shape: tuple[int, ...]) -> tuple[np.ndarray, NoiseRecord, str, dict]:
+    """A finished run's mask, noise level, mask source and details, for the methods added to it."""
+    provenance, path = previous.provenance, previous.files["mask"]
+    mask = np.asarray(nib.load(path).dataobj) > 0
+    if mask.shape != shape:
+        raise InputDataError(f"{path}: the finished run's mask has shape {mask.shape}, its images {shape}")
+    return mask, provenance.noise, provenance.mask_source, provenance.mask_details
 
 
 def _warn_uncertain_pdff(run_name: str, method: str, pdff_sd: np.ndarray, r2star_s: np.ndarray,

@@ -7,6 +7,8 @@ import platform
 from dataclasses import asdict
 from importlib import metadata
 
+import numpy as np
+
 from .. import __version__
 from ..estimators import Estimates, Estimator
 from ..physics.parameters import PARAMETERS, PDFF_BOUNDARY
@@ -33,14 +35,15 @@ def estimation_record(estimator: Estimator, estimates: Estimates, seconds: float
         networks=estimates.networks, details=estimates.details)
 
 
-def comparison_record(results: dict[str, Estimates]) -> ComparisonRecord | None:
-    """With several methods, each other method's agreement with the first; None for one."""
-    if len(results) < 2:
+def comparison_record(parameters: dict[str, dict[str, np.ndarray]]) -> ComparisonRecord | None:
+    """With several methods (name -> parameters(...) over the mask), each other method's
+    agreement with the first; None for one."""
+    if len(parameters) < 2:
         return None
-    (reference, first), *others = results.items()
-    return ComparisonRecord(reference, {name: agreement(_parameters(first), _parameters(estimates))
-                                        for name, estimates in others})
+    (reference, first), *others = parameters.items()
+    return ComparisonRecord(reference, {name: agreement(first, values) for name, values in others})
 
 
-def _parameters(estimates: Estimates) -> dict:
+def parameters(estimates: Estimates) -> dict[str, np.ndarray]:
+    """The parameter maps over the mask, by key (pdff, r2star_s, s0)."""
     return {p.key: getattr(estimates, p.key) for p in PARAMETERS}
