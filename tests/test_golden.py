@@ -12,7 +12,10 @@ ab4dcf0 (schema without a version) are kept in tests/golden/v1 to check that old
 Re-recorded at issue 17 for the fused Adam step (one kernel for all weights, rounding in another
 order): the networks' weights moved by at most 2e-6 and their maps by at most 3e-4 (1/s, nats); the
 fit's arrays did not change. Re-recorded at issue 18 for the provenance's new `overwrite` option
-(in Configuration): all 98 arrays are bit for bit as before."""
+(in Configuration): all 98 arrays are bit for bit as before. Re-recorded again at issue 17 for the
+competitive weighting of the dual networks' loss on shared mini-batches (fast preset): only ssl's 40
+arrays (maps, candidates, weights) changed; fit, supervised and single, and the user-inputs call,
+are bit for bit as before."""
 
 from __future__ import annotations
 

@@ -162,3 +162,48 @@ def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
         one, two = maps[0][kind]["state_dict"], maps[1][kind]["state_dict"]
         assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
 
+
+def _captured_batch_loss(monkeypatch, settings):
+    """train_networks' mini-batch loss, its model and training signals (the loop is not run)."""
+    import raider_bids.estimators.self_supervised as self_supervised
+
+    captured = {}
+
+    def capture(model, n_train, batch_loss, validation_loss, settings, generator, seeds, loss_name, progress):
+        captured.update(model=model, batch_loss=batch_loss, loss_name=loss_name)
+        return [training.NetworkRecord(kind, seed, loss_name) for kind, seed in zip(model.kinds, seeds)]
+
+    monkeypatch.setattr(self_supervised, "early_stopping", capture)
+    rng = np.random.default_rng(0)
+    pdff = rng.uniform(0, 1, 200)
+    signals = simulate_magnitude(ACQUISITION, np.full(200, 100.0), pdff, rng.uniform(10, 100, 200), 2.0, rng)
+    trained = self_supervised.train_networks(signals, ACQUISITION, 2.0, ("water", "fat"), 0, torch.device("cpu"),
+                                             settings, None)
+    return captured, trained
+
+
+def test_the_competitive_weighting_counts_a_tenth_where_a_side_is_far_worse(monkeypatch):
+    """The fast preset's loss: both networks on the same voxels, each voxel's NLL weighted by
+    0.1 + 0.9 sigmoid(NLL_other - NLL_own + 2), computed here from the model and the Rician NLL."""
+    from raider_bids.physics.likelihood import rician_nll_per_voxel
+
+    fast = TRAINING_PRESETS["fast"]
+    assert fast.competitive_margin_nats == 2.0 and TRAINING_PRESETS["paper"].competitive_margin_nats is None
+    captured, _ = _captured_batch_loss(monkeypatch, fast)
+    model = captured["model"]
+    idx = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])  # the fat network's own row is ignored: shared
+    loss = captured["batch_loss"](idx)
+    # The same by hand, on the water network's voxels for both networks: the loss closes over the
+    # training voxels' signals and sigma (N, echoes + 1).
+    data = next(c.cell_contents for c in captured["batch_loss"].__closure__
+                if isinstance(c.cell_contents, torch.Tensor) and c.cell_contents.shape[-1] == ACQUISITION.n_echoes + 1)
+    batch = data[idx[0]].expand(2, -1, -1)
+    with torch.no_grad():
+        nll = rician_nll_per_voxel(batch[..., :-1], model(batch[..., :-1]), batch[..., -1:])
+        weight = 0.1 + 0.9 / (1 + torch.exp(-(nll.flip(0) - nll + 2)))
+        expected = (weight * nll).mean(dim=1)
+    torch.testing.assert_close(loss.detach(), expected)
+    assert "weighted" in captured["loss_name"]
+
+    paper_captured, _ = _captured_batch_loss(monkeypatch, TRAINING_PRESETS["paper"])
+    assert "weighted" not in paper_captured["loss_name"]
