@@ -15,7 +15,9 @@ fit's arrays did not change. Re-recorded at issue 18 for the provenance's new `o
 (in Configuration): all 98 arrays are bit for bit as before. Re-recorded again at issue 17 for the
 competitive weighting of the dual networks' loss on shared mini-batches (fast preset): only ssl's 40
 arrays (maps, candidates, weights) changed; fit, supervised and single, and the user-inputs call,
-are bit for bit as before."""
+are bit for bit as before. The demo's affine became LAS with its origin at the grid's centre (its
+liver on the patient's right, not a placeholder's geometry): the recorded files' sizes changed, no
+array did."""
 
 from __future__ import annotations
 

@@ -23,10 +23,9 @@ import pytest
 
 from cli_checks import assert_one_error
 from raider_bids.cli import main
-from raider_bids.experiments.demo import TISSUES, write_dataset
+from raider_bids.experiments.demo import AFFINE, TISSUES, write_dataset
 
 SHAPE = (16, 16, 2)
-AFFINE = np.diag([1.8, 1.8, 3.0, 1.0])
 # One thread: the fit on 16x16x2 images is fastest so, above all on a busy machine.
 PARTICIPANT = ["participant", "--method", "fit", "--random-seed", "0", "--nprocs", "1"]
 COLUMNS = ["participant_id", "session_id", "run", "source", "roi", "roi_source", "map", "method", "units",
@@ -301,7 +300,7 @@ def _shape_mismatch(roi: Path) -> str:
 def _affine_mismatch(roi: Path) -> str:
     save(roi / "sub-02" / "anat" / "sub-02_label-good_mask.nii.gz", np.ones(SHAPE))
     shifted = AFFINE.copy()
-    shifted[:3, 3] = [1.8, 0.0, 0.0]  # same shape and voxel size, one voxel along x
+    shifted[0, 3] += 1.8  # same shape and voxel size, one voxel along x
     name = "sub-02_label-shifted_mask.nii.gz"
     save(roi / "sub-02" / "anat" / name, np.ones(SHAPE), affine=shifted)
     return name

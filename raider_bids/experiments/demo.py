@@ -26,7 +26,10 @@ from ..physics.simulation import simulate_magnitude
 # The paper's in vivo protocol (Sec. 3.3): 3 T, six echoes, TE1 = dTE = 1.15 ms.
 ECHO_TIMES_S = tuple(1.15e-3 * (i + 1) for i in range(6))
 FIELD_STRENGTH_T = 3.0
-AFFINE = np.diag([1.8, 1.8, 3.0, 1.0])
+# 1.8 x 1.8 x 3 mm voxels, LAS like many scanners' NIfTI files: the first index runs towards the
+# patient's left, so the phantom's liver (low first index) lies on the patient's right; the origin
+# is the centre of the default 48 x 48 x 4 grid (a converter's placeholder has it at the first voxel).
+AFFINE = np.array([[-1.8, 0.0, 0.0, 42.3], [0.0, 1.8, 0.0, -42.3], [0.0, 0.0, 3.0, -4.5], [0.0, 0.0, 0.0, 1.0]])
 
 
 @dataclass(frozen=True)

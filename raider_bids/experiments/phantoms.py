@@ -105,7 +105,7 @@ def abdomen(shape: tuple[int, int, int] = (96, 96, 8), seed: int = 0) -> Phantom
     labels = make_phantom(tuple(shape))
     truth = truth_maps(labels, np.random.default_rng(seed))
     return Phantom("abdomen", truth["PDFFmap"], truth["R2starmap"], truth["S0map"], labels,
-                   tuple(float(v) for v in np.diag(DEMO_AFFINE)[:3]),
+                   tuple(float(v) for v in np.abs(np.diag(DEMO_AFFINE))[:3]),
                    {t.label: name for name, t in TISSUES.items()})
 
 
@@ -503,6 +503,6 @@ def liver_iron(r2star_liver_s: float, shape: tuple[int, int, int] = (96, 96, 8),
         r2[sel] = np.clip(r2star * (1 + rng.normal(0, 0.1, n)), 5, None)
         s0[sel] = tissue.s0 * (1 + rng.normal(0, 0.05, n))
     return Phantom(f"liver-iron-{float(r2star_liver_s):g}", pdff, r2, s0, labels,
-                   tuple(float(v) for v in np.diag(DEMO_AFFINE)[:3]),
+                   tuple(float(v) for v in np.abs(np.diag(DEMO_AFFINE))[:3]),
                    {t.label: name for name, t in IRON_TISSUES.items()},
                    notes={"r2star_liver_s": float(r2star_liver_s)})

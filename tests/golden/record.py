@@ -47,7 +47,8 @@ def write_inputs(root: Path) -> dict[str, Path]:
     bids = root / "bids"
     truth = write_dataset(bids, shape=SHAPE, snr=60, subjects=("01",), seed=SEED)["01"]
     mask = root / "mask.nii.gz"
-    nib.save(nib.Nifti1Image((truth["labels"] > 0).astype(np.uint8), np.diag([1.8, 1.8, 3.0, 1.0])), mask)
+    affine = nib.load(next(bids.rglob("*_MEGRE.nii.gz"))).affine  # the mask on the echoes' grid
+    nib.save(nib.Nifti1Image((truth["labels"] > 0).astype(np.uint8), affine), mask)
     spectrum = root / "spectrum.json"
     spectrum.write_text(json.dumps(SPECTRUM))
     return {"bids": bids, "mask": mask, "spectrum": spectrum}
