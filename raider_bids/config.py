@@ -28,12 +28,6 @@ class TrainingSettings:
     # With steps_per_epoch: anneal the learning rate along a half cosine to this fraction of it
     # over max_epochs x steps_per_epoch steps (None: constant, as in the paper).
     final_lr_fraction: float | None
-    # Dual networks: None trains each on the mean NLL of its own mini-batches (the paper). A number
-    # m: both see the same mini-batches, and each voxel's NLL is weighted by
-    # COMPETITIVE_FLOOR + (1 - COMPETITIVE_FLOOR) sigmoid(NLL_other - NLL_own + m) (nats, no
-    # gradient through the weight), so that voxels where a network's side is far worse than the
-    # other's (and is never chosen) do not dominate its gradient: the fat network on water tissue.
-    competitive_margin_nats: float | None
 
 
 # The paper's exact settings, and the fast default: larger random mini-batches with a higher
@@ -42,13 +36,12 @@ class TrainingSettings:
 TRAINING_PRESETS = {
     "paper": TrainingSettings(learning_rate=1e-3, batch_size=128, patience=10, max_epochs=1000,
                               validation_fraction=0.1, steps_per_epoch=None, max_validation_voxels=None,
-                              final_lr_fraction=None, competitive_margin_nats=None),
+                              final_lr_fraction=None),
     "fast": TrainingSettings(learning_rate=5e-3, batch_size=1024, patience=10, max_epochs=80,
                              validation_fraction=0.1, steps_per_epoch=100, max_validation_voxels=20000,
-                             final_lr_fraction=0.01, competitive_margin_nats=2.0),
+                             final_lr_fraction=0.01),
 }
 DEFAULT_TRAINING = "fast"
-COMPETITIVE_FLOOR = 0.1  # the weight of a voxel where the network's side is far the worse
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ ab4dcf0 (schema without a version) are kept in tests/golden/v1 to check that old
 Re-recorded at issue 17 for the fused Adam step (one kernel for all weights, rounding in another
 order): the networks' weights moved by at most 2e-6 and their maps by at most 3e-4 (1/s, nats); the
 fit's arrays did not change. Re-recorded at issue 18 for the provenance's new `overwrite` option
-(in Configuration): all 98 arrays are bit for bit as before. Re-recorded again at issue 17 for the
-competitive weighting of the dual networks' loss on shared mini-batches (fast preset): only ssl's 40
-arrays (maps, candidates, weights) changed; fit, supervised and single, and the user-inputs call,
-are bit for bit as before. The demo's affine became LAS with its origin at the grid's centre (its
+(in Configuration): all 98 arrays are bit for bit as before. A competitive weighting of the ssl
+loss was recorded at issue 17 and taken back (it harmed the anatomy phantom at the hard protocol:
+docs/shared-machine.md). The demo's affine became LAS with its origin at the grid's centre (its
 liver on the patient's right, not a placeholder's geometry): the recorded files' sizes changed, no
 array did."""
 

@@ -112,10 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted (Ctrl-C): the run being processed left no outputs; finished runs are kept")
+        log.error("interrupted (Ctrl-C): what the current run was writing is removed; finished outputs are kept")
         return 130
     except _Terminated:
-        log.error("terminated (SIGTERM): the run being processed left no outputs; finished runs are kept")
+        log.error("terminated (SIGTERM): what the current run was writing is removed; finished outputs are kept")
         return 143
     finally:
         stack.close()

@@ -233,12 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
             return "validation on every held-out voxel"
         return f"validation on at most {settings.max_validation_voxels} voxels"
 
-    def weighting(settings) -> str:
-        if settings.competitive_margin_nats is None:
-            return "each network on the mean NLL of its own mini-batches"
-        return ("the dual networks on shared mini-batches, each voxel's NLL weighted towards the network whose "
-                f"side is within {settings.competitive_margin_nats:g} nats of the other's")
-
     trained = ", ".join(m.name for m in METHODS.values() if m.networks)
     train = p.add_argument_group(
         "network training", f"For the methods that train networks ({trained}). Each network stops after "
@@ -248,10 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--training", choices=sorted(TRAINING_PRESETS), default=DEFAULT_TRAINING,
                        help=f"preset: paper = the paper's settings (batch {paper.batch_size}, learning rate "
                             f"{rate(paper.learning_rate)} {annealed(paper)}, {epoch(paper)}, at most "
-                            f"{paper.max_epochs} epochs, {validation(paper)}, {weighting(paper)}); fast = batch "
+                            f"{paper.max_epochs} epochs, {validation(paper)}); fast = batch "
                             f"{fast.batch_size}, learning rate {rate(fast.learning_rate)} {annealed(fast)}, "
-                            f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)}, "
-                            f"{weighting(fast)} (default: {DEFAULT_TRAINING})")
+                            f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)} (default: {DEFAULT_TRAINING})")
     train.add_argument("--learning-rate", type=_positive_float, metavar="RATE",
                        help="Adam's learning rate (its start where the preset anneals it) "
                             f"(default: {_presets_say('learning_rate', rate)})")

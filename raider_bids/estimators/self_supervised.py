@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import COMPETITIVE_FLOOR, METHODS, TrainingSettings
+from ..config import METHODS, TrainingSettings
 from ..physics.likelihood import rician_nll_per_voxel
 from ..physics.parameters import PDFF_BOUNDARY
 from ..physics.signal_model import Acquisition
@@ -92,26 +92,14 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
     train, x_val, sigma_val = torch.cat([x, sig], dim=1)[train_t], x[val_t], sig[val_t]
 
-    margin = settings.competitive_margin_nats if len(kinds) == 2 else None
-
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        if margin is not None:
-            idx = idx[:1].expand_as(idx)  # both networks on the same voxels: each NLL weighs the other
         batch = train[idx]  # one gather for the signals and their sigma
         signals = batch[..., :-1]
-        nll = rician_nll_per_voxel(signals, model(signals), batch[..., -1:])
-        if margin is None:
-            return nll.mean(dim=1)
-        own = nll.detach()
-        weight = COMPETITIVE_FLOOR + (1 - COMPETITIVE_FLOOR) * torch.sigmoid(own.flip(0) - own + margin)
-        return (weight * nll).mean(dim=1)
+        return rician_nll_per_voxel(signals, model(signals), batch[..., -1:]).mean(dim=1)
 
-    loss_name = DEFAULT_NETWORK_LOSS if margin is None else (
-        f"{DEFAULT_NETWORK_LOSS}, weighted by {COMPETITIVE_FLOOR:g} + {1 - COMPETITIVE_FLOOR:g} "
-        f"sigmoid(NLL_other - NLL_own + {margin:g} nats) on shared mini-batches")
     histories = early_stopping(model, train.shape[0], batch_loss,
                                lambda: per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist(),
-                               settings, generator, (seed,) * len(kinds), loss_name, progress)
+                               settings, generator, (seed,) * len(kinds), DEFAULT_NETWORK_LOSS, progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
 
 
