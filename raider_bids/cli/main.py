@@ -96,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  config.output_dir)
         if config.analysis_level == "group":
             group(config)
+            log.info("done in %s: group level; outputs in %s", format_duration(time.perf_counter() - start),
+                     config.output_dir)
             return 0
         import torch
 
