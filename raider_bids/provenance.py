@@ -36,19 +36,22 @@ class NetworkRecord:
     seconds: float = 0.0
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
+    # torch threads -> training steps of the stack run on that many (estimators.training.StepThreads
+    # probes which is faster); empty in records written before it
+    step_threads: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"Network": self.network, "Seed": self.seed, "Loss": self.loss, "Epochs": self.epochs,
                 "BestEpoch": self.best_epoch, "BestValidationLoss": self.best_validation_loss,
                 "StopReason": self.stop_reason, "Seconds": round(self.seconds, 3), "TrainLoss": self.train_loss,
-                "ValidationLoss": self.validation_loss}
+                "ValidationLoss": self.validation_loss, "StepThreads": self.step_threads}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NetworkRecord:
         return cls(network=d["Network"], seed=d["Seed"], loss=d.get("Loss", DEFAULT_NETWORK_LOSS),
                    epochs=d["Epochs"], best_epoch=d["BestEpoch"], best_validation_loss=d["BestValidationLoss"],
                    stop_reason=d["StopReason"], seconds=d["Seconds"], train_loss=list(d["TrainLoss"]),
-                   validation_loss=list(d["ValidationLoss"]))
+                   validation_loss=list(d["ValidationLoss"]), step_threads=dict(d.get("StepThreads", {})))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ fit's arrays did not change. Re-recorded at issue 18 for the provenance's new `o
 loss was recorded at issue 17 and taken back (it harmed the anatomy phantom at the hard protocol:
 docs/shared-machine.md). The demo's affine became LAS with its origin at the grid's centre (its
 liver on the patient's right, not a placeholder's geometry): the recorded files' sizes changed, no
-array did."""
+array did. Each network's record then gained StepThreads (training steps per thread count): no
+array changed."""
 
 from __future__ import annotations
 

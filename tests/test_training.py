@@ -131,6 +131,8 @@ def test_step_threads_run_each_probe_and_keep_the_faster(monkeypatch):
             cost.update({1: 1.0, 2: 0.5})  # the other process ended
             assert epoch(threads, 2) == [1] * (2 * p + 3)  # no probe
             assert epoch(threads, 1 + training.PROBE_EVERY_EPOCHS) == [2] * p + [1] * p + [2] * 3
+        # What the provenance records: the steps run on each count (counted from the lists above).
+        assert threads.steps == {2: p + p + 3, 1: (p + 3) + (2 * p + 3) + p}
         assert torch.get_num_threads() == 2
         with training.StepThreads(torch.device("cpu"), training._GRAIN_SIZE) as threads:
             assert epoch(threads, 1) == [2] * (2 * training.PROBE_STEPS + 3)  # ops split: never switched
@@ -156,6 +158,8 @@ def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
             estimates = get_estimator("ssl", settings).fit(signals, ACQUISITION, 1 / 60, seed=0,
                                                            device=torch.device("cpu"))
             maps.append(estimates.weights)
+            steps = settings.max_epochs * settings.steps_per_epoch
+            assert [n.step_threads for n in estimates.networks] == [{str(threads): steps}] * 2  # as recorded
     finally:
         torch.set_num_threads(caller)
     for kind in ("water", "fat"):

@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{rate(paper.learning_rate)} {annealed(paper)}, {epoch(paper)}, at most "
                             f"{paper.max_epochs} epochs, {validation(paper)}); fast = batch "
                             f"{fast.batch_size}, learning rate {rate(fast.learning_rate)} {annealed(fast)}, "
-                            f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)} (default: {DEFAULT_TRAINING})")
+                            f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)} "
+                            f"(default: {DEFAULT_TRAINING})")
     train.add_argument("--learning-rate", type=_positive_float, metavar="RATE",
                        help="Adam's learning rate (its start where the preset anneals it) "
                             f"(default: {_presets_say('learning_rate', rate)})")

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from ..config import TrainingSettings
-from ..provenance import NetworkRecord
+from ..provenance import NetworkRecord, TrainingProgress
 from ..resources import chunk_slices
-from ..provenance import TrainingProgress
 from .base import ProgressCallback
 from .networks import PhysicsAutoencoder
 
@@ -58,6 +57,7 @@ class StepThreads:
                         and largest_op_elements < _GRAIN_SIZE else (self.caller,))
         self.chosen = self.options[-1]
         self._seconds: dict[int, float] = {}
+        self.steps: dict[int, int] = {}  # thread count -> training steps run on it, for the provenance
 
     def __enter__(self) -> "StepThreads":
         return self
@@ -77,9 +77,10 @@ class StepThreads:
             torch.set_num_threads(1)
 
     def after_step(self, epoch: int, step: int) -> None:
+        threads = torch.get_num_threads()
+        self.steps[threads] = self.steps.get(threads, 0) + 1
         if not self._probing:
             return
-        threads = torch.get_num_threads()
         self._seconds[threads] = self._seconds.get(threads, 0.0) + time.perf_counter() - self._start
         if step == 2 * PROBE_STEPS - 1:
             self.chosen = min(self.options, key=lambda t: self._seconds[t])
@@ -158,6 +159,7 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable
     for k, h in enumerate(histories):
         model.load_network_state(k, best_state[k])
         h.best_validation_loss = best_loss[k]
+        h.step_threads = {str(t): n for t, n in sorted(threads.steps.items())}
     # the networks trained together: the stack's time is the last network's (each record's seconds
     # run from the joint start to that network's last epoch)
     tell(max(h.epochs for h in histories), max(h.seconds for h in histories), finished=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-
 from dataclasses import dataclass
 
 import matplotlib
@@ -13,7 +12,7 @@ from matplotlib import patheffects
 from matplotlib.figure import Figure
 
 from ..bids_io.derivatives import MAPS
-from ..physics.parameters import AMBIGUOUS_LLR_NATS, PDFF_BOUNDARY, UNCERTAIN_PDFF_SD
+from ..physics.parameters import AMBIGUOUS_LLR_NATS, PDFF_BOUNDARY, R2STAR_MAX_S, UNCERTAIN_PDFF_SD
 from ..provenance import NetworkRecord
 from .roistats import STATISTIC_MAPS
 
@@ -41,9 +40,9 @@ PDFF_RANGE = (0.0, 1.0)
 SIDE_PROBABILITY_RANGE = (0.5, 1.0)  # 0.5: a coin toss, the least either choice gives
 PDFF_SD_RANGE = (0.0, 2 * UNCERTAIN_PDFF_SD)  # the participant level's warning level mid-scale
 # R2* ends at the first of these (1/s) at or above the DISPLAY_PERCENTILE-th percentile in the mask:
-# ordinary tissue shares 0-250; an iron-loaded liver (500-2000 1/s) is not clipped; 3000 is the
+# ordinary tissue shares 0-250; an iron-loaded liver (500-2000 1/s) is not clipped; the last is the
 # fit's bound.
-R2STAR_DISPLAY_MAXIMA_S = (250.0, 500.0, 1000.0, 2000.0, 3000.0)
+R2STAR_DISPLAY_MAXIMA_S = (250.0, 500.0, 1000.0, 2000.0, R2STAR_MAX_S)
 # Of the values in the mask; a few outliers (1 %) do not wash a map out.
 DISPLAY_PERCENTILE = 99.0
 # Maps in arbitrary or unbounded units (S0, the first echo, the R2* SD, |LLR|, R2* differences)

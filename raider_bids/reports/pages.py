@@ -153,9 +153,12 @@ def _provenance_table(prov: Provenance) -> str:
             f"{net.epochs} epochs, best {net.best_epoch}, stopped: {net.stop_reason}")))
     if est.networks:  # the networks train together, in the same steps: one time for all of them
         names = " and ".join(net.network for net in est.networks)
+        threads = ", ".join(f"{n} on {t} thread{'s' if t != '1' else ''}"
+                            for t, n in est.networks[0].step_threads.items())
         rows.append(("Training time", html.escape(
-            f"{round(max(net.seconds for net in est.networks), 3)} s ({names} trained together)"
-            if len(est.networks) > 1 else f"{round(est.networks[0].seconds, 3)} s")))
+            (f"{round(max(net.seconds for net in est.networks), 3)} s ({names} trained together)"
+             if len(est.networks) > 1 else f"{round(est.networks[0].seconds, 3)} s")
+            + (f"; steps {threads}" if threads else ""))))
     if len(prov.methods) > 1:
         for name, method in prov.methods.items():
             rows.append((f"Method {html.escape(name)}", html.escape(
