@@ -175,39 +175,30 @@ CORONAL = np.array([[-1.2, 0, 0], [0, 0, 5.0], [0, -1.2, 0]])
 SAGITTAL = np.array([[0, 0, 5.0], [-1.2, 0, 0], [0, -1.2, 0]])
 
 
-def test_a_coronal_single_slice_is_shown_coronal(tmp_path):
+@pytest.mark.parametrize("plane, axes, plane_axis, directions, letters, caption", [
+    ("coronal", CORONAL, 1, {"right-superior": ((0, 1), (2, 1)), "left-superior": ((0, -1), (2, 1)),
+                             "right-inferior": ((0, 1), (2, -1))},
+     {"top": "S", "bottom": "I", "left": "R", "right": "L"}, "Coronal slices seen from the front"),
+    ("sagittal", SAGITTAL, 0, {"anterior-superior": ((1, 1), (2, 1)), "posterior-superior": ((1, -1), (2, 1)),
+                               "anterior-inferior": ((1, 1), (2, -1))},
+     {"top": "S", "bottom": "I", "left": "A", "right": "P"}, "Sagittal slices seen from the patient's left"),
+], ids=["coronal", "sagittal"])
+def test_a_single_slice_is_shown_in_its_acquired_plane(tmp_path, plane, axes, plane_axis, directions, letters,
+                                                      caption):
+    """Markers 1-3 at the top-left, top-right and bottom-left directions of the plane's standard view."""
     shape = (24, 18, 1)
-    affine = _affine(CORONAL, shape)
-    directions = {"right-superior": ((0, 1), (2, 1)), "left-superior": ((0, -1), (2, 1)),
-                  "right-inferior": ((0, 1), (2, -1))}
-    volume, _ = _marked(affine, shape, directions, plane_axis=1)
+    affine = _affine(axes, shape)
+    volume, _ = _marked(affine, shape, directions, plane_axis=plane_axis)
     fig, view = _draw(volume, affine, tmp_path)
-    assert view.plane == "coronal"
+    assert view.plane == plane
     x, y = _where_drawn(fig, _colour(1))
     assert x < 0.25 and y < 0.25, (x, y)
     x, y = _where_drawn(fig, _colour(2))
     assert x > 0.75 and y < 0.25, (x, y)
     x, y = _where_drawn(fig, _colour(3))
     assert x < 0.25 and y > 0.75, (x, y)
-    _assert_letters(fig, {"top": "S", "bottom": "I", "left": "R", "right": "L"})
-    assert "Coronal slices seen from the front" in view.describe()
-
-
-def test_a_sagittal_single_slice_is_shown_sagittal(tmp_path):
-    shape = (24, 18, 1)
-    affine = _affine(SAGITTAL, shape)
-    directions = {"anterior-superior": ((1, 1), (2, 1)), "posterior-superior": ((1, -1), (2, 1)),
-                  "anterior-inferior": ((1, 1), (2, -1))}
-    volume, _ = _marked(affine, shape, directions, plane_axis=0)
-    fig, view = _draw(volume, affine, tmp_path)
-    assert view.plane == "sagittal"
-    x, y = _where_drawn(fig, _colour(1))
-    assert x < 0.25 and y < 0.25, (x, y)
-    x, y = _where_drawn(fig, _colour(2))
-    assert x > 0.75 and y < 0.25, (x, y)
-    x, y = _where_drawn(fig, _colour(3))
-    assert x < 0.25 and y > 0.75, (x, y)
-    _assert_letters(fig, {"top": "S", "bottom": "I", "left": "A", "right": "P"})
+    _assert_letters(fig, letters)
+    assert caption in view.describe()
 
 
 def test_pixels_keep_their_aspect():

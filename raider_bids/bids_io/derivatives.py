@@ -21,7 +21,7 @@ from ..errors import OutputError
 from ..physics.parameters import PARAMETERS
 from ..provenance import Provenance
 from .files import copy_file, write_json, write_nifti, write_text, write_torch
-from .raw import MegreRun, RunEntities, parse_entities
+from .raw import MegreRun, RunEntities, parse_entities, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,16 @@ class RunOutputs(RunEntities):
         if len(self.provenance.methods) < 2:
             return {self.provenance.estimation.method: {p.name: self.files[p.suffix] for p in PARAMETERS}}
         return {m: {p.name: self.listed[f"{p.suffix}-{m}"] for p in PARAMETERS} for m in self.provenance.methods}
+
+    def read_mask(self) -> np.ndarray:
+        """The finished run's foreground mask (bool, on the images' grid)."""
+        return read_volume(self.files["mask"], "the finished run's mask")[1] > 0
+
+    def read_parameters(self, mask: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """Per method of the run, its parameter maps over `mask` by key (pdff, r2star_s, s0), float64."""
+        return {method: {p.key: read_volume(files[p.name], f"the finished {method} {p.name} map",
+                                            np.float64)[1][mask] for p in PARAMETERS}
+                for method, files in self.method_maps().items()}
 
 
 class DerivativesDataset:
@@ -337,11 +347,13 @@ class DerivativesDataset:
         return [p for p in self.run_files(outputs) if p.parent == self.run_directory(outputs) and p not in listed]
 
     def remove_run(self, run: RunEntities, keep: frozenset[Path] = frozenset()) -> list[Path]:
-        """Delete every file of one run but those in `keep` (run_files). The provenance goes
-        first, so that an interruption here never leaves a run that looks finished. Returns what
-        was deleted."""
-        files = [p for p in self.run_files(run) if p not in keep]
-        files.sort(key=lambda p: not p.name.endswith("_provenance.json"))
+        """Delete every file of one run but those in `keep` (run_files). Returns what was deleted."""
+        return self.remove([p for p in self.run_files(run) if p not in keep])
+
+    def remove(self, files: list[Path]) -> list[Path]:
+        """Delete `files`, a provenance first, so that an interruption here never leaves a run that
+        looks finished. Returns them, in the order deleted."""
+        files = sorted(files, key=lambda p: not p.name.endswith("_provenance.json"))
         try:
             for path in files:
                 path.unlink(missing_ok=True)

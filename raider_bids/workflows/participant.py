@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -106,7 +105,7 @@ def participant(config: Config, progress: ProgressCallbackFactory | None = None)
         elif plan.action == ADD:
             if strays := dataset.stray_files(previous):
                 log.info("%s: removing %d file(s) left by an interrupted call", run.name, len(strays))
-                dataset.remove_run(run, keep=frozenset(dataset.run_files(run)) - set(strays))
+                dataset.remove(strays)
             keep = frozenset(dataset.run_files(run))
             log.info("%s: finished with %s; adding %s with the same options", run.name,
                      ", ".join(previous.provenance.methods), ", ".join(plan.methods))
@@ -231,9 +230,7 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
                     "Device": str(device), "TorchThreads": threads, "Timings": timings}
         for record in records.values():
             record.added_by = added_by
-        recorded = {m: {p.key: np.asarray(nib.load(path).dataobj, dtype=np.float64)[mask]
-                        for p, path in zip(PARAMETERS, files.values())}
-                    for m, files in previous.method_maps().items()}
+        recorded = previous.read_parameters(mask)
         methods = previous.provenance.methods | records
         provenance = dataclasses.replace(
             previous.provenance, configuration=previous.provenance.configuration | {"methods": list(methods)},
@@ -288,10 +285,11 @@ def _mask_and_noise(config: Config, run: MegreRun, data: np.ndarray, affine: np.
 
 def _finished_mask(previous: RunOutputs, shape: tuple[int, ...]) -> tuple[np.ndarray, NoiseRecord, str, dict]:
     """A finished run's mask, noise level, mask source and details, for the methods added to it."""
-    provenance, path = previous.provenance, previous.files["mask"]
-    mask = np.asarray(nib.load(path).dataobj) > 0
+    mask = previous.read_mask()
     if mask.shape != shape:
-        raise InputDataError(f"{path}: the finished run's mask has shape {mask.shape}, its images {shape}")
+        raise InputDataError(f"{previous.files['mask']}: the finished run's mask has shape {mask.shape}, its "
+                             f"images {shape}")
+    provenance = previous.provenance
     return mask, provenance.noise, provenance.mask_source, provenance.mask_details
 
 
