@@ -174,7 +174,7 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
     log.info("%s: %d foreground voxels, sigma %.4g (%s)", run.name, signals.shape[0], noise.sigma, noise.method)
     identifiability = assess(acquisition, float(np.median(first_echo_snr)))
     if identifiability.flagged:
-        log.warning("%s: the water/fat separation is unreliable with this protocol: %s. %s", run.name,
+        log.warning("%s: the water/fat separation is unreliable with this protocol: %s %s", run.name,
                     identifiability.reason, identifiability.advice)
 
     results: dict[str, Estimates] = {}
