@@ -28,18 +28,27 @@ class TrainingSettings:
     # With steps_per_epoch: anneal the learning rate along a half cosine to this fraction of it
     # over max_epochs x steps_per_epoch steps (None: constant, as in the paper).
     final_lr_fraction: float | None
+    # Self-supervised networks only. None: every voxel's Rician NLL counts alike in a mini-batch's
+    # loss (the paper). A number p: each voxel's NLL is weighted by SNR^-p (SNR = its largest echo
+    # over sigma, floored at estimators.self_supervised.SNR_WEIGHT_FLOOR). The NLL's curvature grows
+    # as SNR^2, so with p = 2 a dark voxel (iron-loaded liver, cortical bone) pulls on the networks
+    # as much as a bright one, instead of getting what capacity the bright voxels leave; each
+    # voxel's best answer, its ML estimate, is unchanged (docs/shared-machine.md).
+    nll_snr_power: float | None
 
 
 # The paper's exact settings, and the fast default: larger random mini-batches with a higher
 # learning rate annealed to 1% over a budget of 8000 steps, whatever the number of voxels (big
-# data does not mean more steps, small data is not undertrained), validation on <= 20k voxels.
+# data does not mean more steps, small data is not undertrained), validation on <= 20k voxels,
+# and each voxel's NLL weighted by SNR^-2 (swaps even across seeds, and dark tissue such as an
+# iron-loaded liver fitted closer to its ML estimate: docs/shared-machine.md).
 TRAINING_PRESETS = {
     "paper": TrainingSettings(learning_rate=1e-3, batch_size=128, patience=10, max_epochs=1000,
                               validation_fraction=0.1, steps_per_epoch=None, max_validation_voxels=None,
-                              final_lr_fraction=None),
+                              final_lr_fraction=None, nll_snr_power=None),
     "fast": TrainingSettings(learning_rate=5e-3, batch_size=1024, patience=10, max_epochs=80,
                              validation_fraction=0.1, steps_per_epoch=100, max_validation_voxels=20000,
-                             final_lr_fraction=0.01),
+                             final_lr_fraction=0.01, nll_snr_power=2.0),
 }
 DEFAULT_TRAINING = "fast"
 

@@ -92,6 +92,8 @@ def test_readme_states_the_presets():
     assert _number(re.search(r"learning rate ([\d.e-]+)", paper_text).group(1)) == paper.learning_rate
     assert _number(re.search(r"up to ([\d,]+) epochs", paper_text).group(1)) == paper.max_epochs
     assert paper.steps_per_epoch is None and "one pass over the voxels" in paper_text
+    assert _number(re.search(r"NLL weighted by SNR\^-([\d.]+)", fast_text).group(1)) == fast.nll_snr_power
+    assert paper.nll_snr_power is None and "every voxel's NLL alike" in paper_text
     overrides = _readme_row("--learning-rate")
     for key in ("validation_fraction", "patience"):
         option = "--" + key.replace("_", "-")

@@ -18,11 +18,11 @@ SHAPE = (32, 32, 2)  # 180 liver voxels of 1032 in the body
 UNCERTAIN = "PDFF is poorly determined"
 
 
-def _run(capsys, tmp_path, protocol: str, r2star_liver_s: float):
-    phantom = liver_iron(r2star_liver_s, SHAPE, r2star_variation=0.0)
+def _run(capsys, tmp_path, protocol: str, r2star_liver_s: float, method: str = "fit", shape=SHAPE):
+    phantom = liver_iron(r2star_liver_s, shape, r2star_variation=0.0)
     p = IRON_PROTOCOLS[protocol]
     truth = write_phantom_dataset(tmp_path / "bids", phantom, p.echo_times_s, p.field_strength_t, p.snr)
-    code, err = run_cli(capsys, [tmp_path / "bids", tmp_path / "out", "participant", "--method", "fit",
+    code, err = run_cli(capsys, [tmp_path / "bids", tmp_path / "out", "participant", "--method", method,
                                  "--nprocs", "1"])
     assert code == 0, err
     anat = tmp_path / "out" / "sub-01" / "anat"
@@ -52,3 +52,17 @@ def test_moderate_iron_keeps_pdff_and_gives_no_pdff_warning(capsys, tmp_path):
     assert UNCERTAIN not in err, err
     provenance = json.loads((tmp_path / "out" / "sub-01" / "anat" / "sub-01_provenance.json").read_text())
     assert provenance["Mask"]["Details"]["DroppedAsNoise"] > 0  # the air
+
+
+@pytest.mark.slow
+def test_the_dual_networks_keep_pdff_in_a_moderately_iron_loaded_liver(capsys, tmp_path):
+    """ssl at 500 1/s, 1.5 T, on benchmarks/liver_iron.py's phantom (6,960 liver voxels of 38,400):
+    the dark liver is a minority that the bright tissue's gradient would leave under-fitted; with
+    the plain NLL its steatosis, a near tie at the ML estimate, went to the fat side (0.94 for a
+    truth of 0.20). (On the 32 x 32 x 2 phantom above the steatosis has 30 voxels and reads 0.04
+    low even now, the fit 0.015 low.)"""
+    liver, mask, r2star, pdff, truth, err = _run(capsys, tmp_path, "1.5T", 500.0, method="ssl", shape=(96, 96, 8))
+    assert abs(np.median(r2star[liver]) / 500 - 1) < 0.10
+    for label in (IRON_TISSUES["liver"].label, IRON_TISSUES["liver-steatosis"].label):
+        region = truth["labels"] == label
+        assert abs(np.median(pdff[region]) - np.median(truth["PDFFmap"][region])) < 0.03, label

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from raider_bids.config import TRAINING_PRESETS
-from raider_bids.estimators.networks import PhysicsAutoencoder
+from raider_bids.estimators.networks import PhysicsAutoencoder, normalise
+from raider_bids.estimators.self_supervised import SNR_WEIGHT_FLOOR, snr_weights
 from raider_bids.estimators import get_estimator, training
 from raider_bids.estimators.training import early_stopping, split_indices, validation_size
 from raider_bids.physics.fat_spectrum import PRESETS
@@ -166,3 +167,17 @@ def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
         one, two = maps[0][kind]["state_dict"], maps[1][kind]["state_dict"]
         assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
 
+
+def test_the_fast_loss_weighs_each_voxel_by_its_snr_to_the_minus_two():
+    """The weight is SNR^-2 of the voxel's largest echo (floored at SNR_WEIGHT_FLOOR), from the raw
+    signals, whatever the normalisation."""
+    rng = np.random.default_rng(1)
+    sigma = 2.0
+    signals = rng.uniform(0.5, 200.0, (500, 6))
+    signals[0] = 1.0  # below the floor: SNR 0.5
+    _, normalised_sigma, _ = normalise(signals, sigma, torch.device("cpu"))
+    snr = signals.max(axis=1) / sigma
+    expected = 1 / np.maximum(snr, SNR_WEIGHT_FLOOR) ** TRAINING_PRESETS["fast"].nll_snr_power
+    got = snr_weights(normalised_sigma, TRAINING_PRESETS["fast"].nll_snr_power)[:, 0].double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got[0] == pytest.approx(SNR_WEIGHT_FLOOR ** -2, rel=1e-6)

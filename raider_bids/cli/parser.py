@@ -228,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
             return "an epoch = one pass over the training voxels"
         return f"an epoch = {settings.steps_per_epoch} random mini-batches"
 
+    def weighting(settings) -> str:
+        if settings.nll_snr_power is None:
+            return "every voxel's NLL counts alike"
+        return f"each voxel's NLL weighted by SNR^-{settings.nll_snr_power:g}"
+
     def validation(settings) -> str:
         if settings.max_validation_voxels is None:
             return "validation on every held-out voxel"
@@ -242,10 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--training", choices=sorted(TRAINING_PRESETS), default=DEFAULT_TRAINING,
                        help=f"preset: paper = the paper's settings (batch {paper.batch_size}, learning rate "
                             f"{rate(paper.learning_rate)} {annealed(paper)}, {epoch(paper)}, at most "
-                            f"{paper.max_epochs} epochs, {validation(paper)}); fast = batch "
+                            f"{paper.max_epochs} epochs, {validation(paper)}, {weighting(paper)}); fast = batch "
                             f"{fast.batch_size}, learning rate {rate(fast.learning_rate)} {annealed(fast)}, "
-                            f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)} "
-                            f"(default: {DEFAULT_TRAINING})")
+                            f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)}, "
+                            f"{weighting(fast)} (default: {DEFAULT_TRAINING})")
     train.add_argument("--learning-rate", type=_positive_float, metavar="RATE",
                        help="Adam's learning rate (its start where the preset anneals it) "
                             f"(default: {_presets_say('learning_rate', rate)})")

@@ -90,17 +90,43 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng, settings.max_validation_voxels)
     train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
     model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
-    train, x_val, sigma_val = torch.cat([x, sig], dim=1)[train_t], x[val_t], sig[val_t]
+    power, n_echoes = settings.nll_snr_power, x.shape[1]
+    columns = [x, sig] if power is None else [x, sig, snr_weights(sig, power)]
+    train, x_val, sigma_val = torch.cat(columns, dim=1)[train_t], x[val_t], sig[val_t]
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        batch = train[idx]  # one gather for the signals and their sigma
-        signals = batch[..., :-1]
-        return rician_nll_per_voxel(signals, model(signals), batch[..., -1:]).mean(dim=1)
+        batch = train[idx]  # one gather for the signals, their sigma (and their weight)
+        signals = batch[..., :n_echoes]
+        nll = rician_nll_per_voxel(signals, model(signals), batch[..., n_echoes:n_echoes + 1])
+        if power is None:
+            return nll.mean(dim=1)
+        weight = batch[..., -1]
+        return (nll * weight).sum(dim=1) / weight.sum(dim=1)
 
+    # Validation is the plain mean NLL either way: the best weights are those of the highest likelihood.
     histories = early_stopping(model, train.shape[0], batch_loss,
                                lambda: per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist(),
-                               settings, generator, (seed,) * len(kinds), DEFAULT_NETWORK_LOSS, progress)
+                               settings, generator, (seed,) * len(kinds), network_loss(settings), progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
+
+
+# Below this SNR (largest echo over sigma) a voxel's NLL weight stops growing: the mask keeps
+# few voxels so dark, and they hold little that the networks could learn.
+SNR_WEIGHT_FLOOR = 5.0
+
+
+def snr_weights(normalised_sigma: torch.Tensor, power: float) -> torch.Tensor:
+    """Each voxel's NLL weight SNR^-power (N, 1), from its sigma in max-normalised units (N, 1),
+    which is 1 / SNR of its largest echo; SNR floored at SNR_WEIGHT_FLOOR."""
+    return normalised_sigma.clamp(max=1 / SNR_WEIGHT_FLOOR) ** power
+
+
+def network_loss(settings: TrainingSettings) -> str:
+    """The self-supervised loss as the provenance names it."""
+    if settings.nll_snr_power is None:
+        return DEFAULT_NETWORK_LOSS
+    return (f"{DEFAULT_NETWORK_LOSS}, weighted by SNR^-{settings.nll_snr_power:g} (SNR: largest echo / sigma, "
+            f"at least {SNR_WEIGHT_FLOOR:g}); validation: the plain mean")
 
 
 def network_file(model: PhysicsAutoencoder, k: int, acquisition: Acquisition) -> dict:
