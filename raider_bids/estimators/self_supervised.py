@@ -103,9 +103,16 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
         weight = batch[..., -1]
         return (nll * weight).sum(dim=1) / weight.sum(dim=1)
 
-    # Validation is the plain mean NLL either way: the best weights are those of the highest likelihood.
-    histories = early_stopping(model, train.shape[0], batch_loss,
-                               lambda: per_network_nll(model, x_val, sigma_val).mean(dim=1).tolist(),
+    # Validation weighs its voxels as training does: early stopping watches the objective trained on.
+    val_weight = None if power is None else snr_weights(sigma_val, power)[:, 0]
+
+    def validation_loss() -> list[float]:
+        nll = per_network_nll(model, x_val, sigma_val)
+        if val_weight is None:
+            return nll.mean(dim=1).tolist()
+        return ((nll * val_weight).sum(dim=1) / val_weight.sum()).tolist()
+
+    histories = early_stopping(model, train.shape[0], batch_loss, validation_loss,
                                settings, generator, (seed,) * len(kinds), network_loss(settings), progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
 
@@ -126,7 +133,7 @@ def network_loss(settings: TrainingSettings) -> str:
     if settings.nll_snr_power is None:
         return DEFAULT_NETWORK_LOSS
     return (f"{DEFAULT_NETWORK_LOSS}, weighted by SNR^-{settings.nll_snr_power:g} (SNR: largest echo / sigma, "
-            f"at least {SNR_WEIGHT_FLOOR:g}); validation: the plain mean")
+            f"at least {SNR_WEIGHT_FLOOR:g}), in training and validation")
 
 
 def network_file(model: PhysicsAutoencoder, k: int, acquisition: Acquisition) -> dict:
