@@ -31,7 +31,7 @@ class TrainingSettings:
     # Self-supervised networks only. None: every voxel's Rician NLL counts alike in a mini-batch's
     # loss (the paper). A number p: each voxel's NLL is weighted by SNR^-p (SNR = its largest echo
     # over sigma, floored at estimators.self_supervised.SNR_WEIGHT_FLOOR). The NLL's curvature grows
-    # as SNR^2, so with p = 2 a dark voxel (iron-loaded liver, cortical bone) pulls on the networks
+    # as SNR^2, so with p = 2 a dark voxel (an iron-loaded liver) pulls on the networks
     # as much as a bright one, instead of getting what capacity the bright voxels leave; each
     # voxel's best answer, its ML estimate, is unchanged (docs/shared-machine.md).
     nll_snr_power: float | None
