@@ -12,6 +12,7 @@ import torch
 
 from raider_bids.config import TRAINING_PRESETS
 from raider_bids.estimators.networks import PhysicsAutoencoder, normalise
+from raider_bids.estimators import self_supervised
 from raider_bids.estimators.self_supervised import SNR_WEIGHT_FLOOR, snr_weights
 from raider_bids.estimators import get_estimator, training
 from raider_bids.estimators.training import early_stopping, split_indices, validation_size
@@ -181,3 +182,42 @@ def test_the_fast_loss_weighs_each_voxel_by_its_snr_to_the_minus_two():
     got = snr_weights(normalised_sigma, TRAINING_PRESETS["fast"].nll_snr_power)[:, 0].double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got[0] == pytest.approx(SNR_WEIGHT_FLOOR ** -2, rel=1e-6)
+
+
+def test_the_fast_mini_batch_loss_is_the_snr_weighted_mean_nll(monkeypatch):
+    """The loss train_networks hands the training loop, against the weighted mean computed here
+    from the raw signals (SNR = largest echo / sigma, floored) and the Rician NLL; the paper
+    preset's is the plain mean."""
+    from raider_bids.physics.likelihood import rician_nll_per_voxel
+
+    captured = {}
+
+    def capture(model, n_train, batch_loss, validation_loss, settings, generator, seeds, loss_name, progress):
+        captured.update(model=model, batch_loss=batch_loss, loss_name=loss_name)
+        return [training.NetworkRecord(kind, seed, loss_name) for kind, seed in zip(model.kinds, seeds)]
+
+    monkeypatch.setattr(self_supervised, "early_stopping", capture)
+    rng = np.random.default_rng(0)
+    n, sigma = 300, 2.0
+    s0 = rng.uniform(10, 200, n)  # first echoes from about 4 to 100 sigma: the floor binds on some
+    signals = simulate_magnitude(ACQUISITION, s0, rng.uniform(0, 1, n), rng.uniform(10, 300, n), sigma, rng)
+    idx = torch.tensor([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
+    for name in ("fast", "paper"):
+        settings = TRAINING_PRESETS[name]
+        self_supervised.train_networks(signals, ACQUISITION, sigma, ("water", "fat"), 0, torch.device("cpu"),
+                                       settings, None)
+        # the training voxels, as train_networks splits them (its generator's first use)
+        train_idx, _ = split_indices(n, settings.validation_fraction, np.random.default_rng(0),
+                                     settings.max_validation_voxels)
+        m = torch.as_tensor(signals[train_idx][idx.numpy()], dtype=torch.float32)  # (2, 6, E)
+        scale = m.amax(dim=-1, keepdim=True)
+        with torch.no_grad():
+            nll = rician_nll_per_voxel(m / scale, captured["model"](m / scale), sigma / scale)
+            if settings.nll_snr_power is None:
+                expected = nll.mean(dim=1)
+            else:
+                w = torch.clamp(scale[..., 0] / sigma, min=SNR_WEIGHT_FLOOR) ** -settings.nll_snr_power
+                expected = (w * nll).sum(dim=1) / w.sum(dim=1)
+            loss = captured["batch_loss"](idx)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        assert ("weighted by SNR^-2" in captured["loss_name"]) == (name == "fast")

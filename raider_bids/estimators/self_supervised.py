@@ -91,28 +91,20 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
     model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
     power, n_echoes = settings.nll_snr_power, x.shape[1]
-    columns = [x, sig] if power is None else [x, sig, snr_weights(sig, power)]
+    weight = None if power is None else snr_weights(sig, power)
+    columns = [x, sig] if weight is None else [x, sig, weight]
     train, x_val, sigma_val = torch.cat(columns, dim=1)[train_t], x[val_t], sig[val_t]
+    # Validation weighs its voxels as training does: early stopping watches the objective trained on.
+    val_weight = None if weight is None else weight[val_t, 0]
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         batch = train[idx]  # one gather for the signals, their sigma (and their weight)
         signals = batch[..., :n_echoes]
         nll = rician_nll_per_voxel(signals, model(signals), batch[..., n_echoes:n_echoes + 1])
-        if power is None:
-            return nll.mean(dim=1)
-        weight = batch[..., -1]
-        return (nll * weight).sum(dim=1) / weight.sum(dim=1)
+        return voxel_mean(nll, None if weight is None else batch[..., -1])
 
-    # Validation weighs its voxels as training does: early stopping watches the objective trained on.
-    val_weight = None if power is None else snr_weights(sigma_val, power)[:, 0]
-
-    def validation_loss() -> list[float]:
-        nll = per_network_nll(model, x_val, sigma_val)
-        if val_weight is None:
-            return nll.mean(dim=1).tolist()
-        return ((nll * val_weight).sum(dim=1) / val_weight.sum()).tolist()
-
-    histories = early_stopping(model, train.shape[0], batch_loss, validation_loss,
+    histories = early_stopping(model, train.shape[0], batch_loss,
+                               lambda: voxel_mean(per_network_nll(model, x_val, sigma_val), val_weight).tolist(),
                                settings, generator, (seed,) * len(kinds), network_loss(settings), progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
 
@@ -128,6 +120,14 @@ def snr_weights(normalised_sigma: torch.Tensor, power: float) -> torch.Tensor:
     """Each voxel's NLL weight SNR^-power (N, 1), from its sigma in max-normalised units (N, 1),
     which is 1 / SNR of its largest echo; SNR floored at SNR_WEIGHT_FLOOR."""
     return normalised_sigma.clamp(max=1 / SNR_WEIGHT_FLOOR) ** power
+
+
+def voxel_mean(nll: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Each network's mean of its per-voxel NLLs (K, N) -> (K,), weighted by `weight` ((K, N) or
+    (N,)) when given: the loss of a mini-batch and of the validation set alike."""
+    if weight is None:
+        return nll.mean(dim=-1)
+    return (nll * weight).sum(dim=-1) / weight.sum(dim=-1)
 
 
 def network_loss(settings: TrainingSettings) -> str:
