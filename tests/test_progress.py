@@ -17,7 +17,7 @@ from raider_bids.estimators import get_estimator, training
 from raider_bids.provenance import TrainingProgress
 from raider_bids.estimators.networks import PhysicsAutoencoder
 from raider_bids.estimators.supervised import SupervisedDual
-from raider_bids.estimators.training import early_stopping
+from raider_bids.estimators.training import autograd_gradient, early_stopping
 from raider_bids.physics.fat_spectrum import PRESETS
 from raider_bids.physics.signal_model import Acquisition
 from raider_bids.physics.simulation import simulate_magnitude
@@ -187,8 +187,8 @@ def test_real_training_reports_on_the_training_clock(logged, monkeypatch):
 
     settings = dataclasses.replace(TINY, batch_size=8, max_epochs=12)
     reporter = EpochReporter("sub-01", interactive=False)
-    records = early_stopping(model, 64, batch_loss, lambda: [1.0, 1.0], settings, generator, (0, 0), "test",
-                             reporter)
+    records = early_stopping(model, 64, autograd_gradient(model, batch_loss), lambda: [1.0, 1.0], settings,
+                             generator, (0, 0), "test", reporter)
     info = logged.lines()
     assert info[1].startswith("sub-01: epoch 1/12, 1.0 s elapsed, at most 11 s left; validation loss water 1,")
     assert info[2].startswith("sub-01: epoch 10/12, 10 s elapsed, at most 2.0 s left;")
@@ -236,9 +236,9 @@ def test_early_stopping_tells_the_start_each_epoch_and_the_end():
     fat = iter([10.0, 9.0, 8.0, 7.0, 6.0, 5.0])  # improves to --max-epochs 5
     states: list[TrainingProgress] = []
     settings = dataclasses.replace(TINY, batch_size=8, patience=3, max_epochs=5)
-    records = early_stopping(model, 64, lambda idx: ((model(x[idx]) - x[idx]) ** 2).mean(dim=(1, 2)),
-                             lambda: [next(water, 6.0), next(fat)], settings, generator, (0, 0), "test",
-                             states.append)
+    gradient = autograd_gradient(model, lambda idx: ((model(x[idx]) - x[idx]) ** 2).mean(dim=(1, 2)))
+    records = early_stopping(model, 64, gradient, lambda: [next(water, 6.0), next(fat)], settings, generator,
+                             (0, 0), "test", states.append)
     assert [(s.epoch, sorted(s.validation_loss), s.finished) for s in states] == (
         [(0, ["fat", "water"], False)] + [(e, ["fat", "water"], False) for e in range(1, 5)]
         + [(5, ["fat"], False), (5, ["fat"], True)])

@@ -15,7 +15,7 @@ from raider_bids.estimators.networks import PhysicsAutoencoder, normalise
 from raider_bids.estimators import self_supervised
 from raider_bids.estimators.self_supervised import SNR_WEIGHT_FLOOR, snr_weights
 from raider_bids.estimators import get_estimator, training
-from raider_bids.estimators.training import early_stopping, split_indices, validation_size
+from raider_bids.estimators.training import autograd_gradient, early_stopping, split_indices, validation_size
 from raider_bids.physics.fat_spectrum import PRESETS
 from raider_bids.physics.signal_model import Acquisition
 from raider_bids.physics.simulation import simulate_magnitude
@@ -44,8 +44,8 @@ def _train(validation, settings=SETTINGS, progress=None):
         seen.append([model.network_state(k) for k in range(2)])
         return [series[len(seen) - 1] for series in validation]
 
-    records = early_stopping(model, x.shape[0], batch_loss, validation_loss, settings, generator, (0, 0),
-                             "test loss", progress)
+    records = early_stopping(model, x.shape[0], autograd_gradient(model, batch_loss), validation_loss, settings,
+                             generator, (0, 0), "test loss", progress)
     return records, seen, [model.network_state(k) for k in range(2)]
 
 
@@ -107,52 +107,33 @@ def test_split_is_a_seeded_partition():
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
 
 
-def test_step_threads_run_each_probe_and_keep_the_faster(monkeypatch):
-    """Training steps on CPU run on the caller's count or one thread, whichever the last probe
-    (PROBE_STEPS steps of each, every PROBE_EVERY_EPOCHS epochs) found faster; the caller's count
-    comes back at the end."""
+def test_the_training_loop_runs_on_one_thread_on_cpu():
+    """On CPU the loop runs on one thread (the caller's count comes back at the end); on other
+    devices on the caller's count."""
     caller = torch.get_num_threads()
     torch.set_num_threads(2)
-    clock = [0.0]
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
-    cost = {1: 1.0, 2: 3.0}  # a busy machine: two threads are slower
-
-    def epoch(threads: training.StepThreads, number: int) -> list[int]:
-        seen = []
-        for step in range(2 * training.PROBE_STEPS + 3):
-            threads.before_step(number, step)
-            seen.append(torch.get_num_threads())
-            clock[0] += cost[torch.get_num_threads()]
-            threads.after_step(number, step)
-        return seen
-
     try:
-        with training.StepThreads(torch.device("cpu"), 1000) as threads:
-            p = training.PROBE_STEPS
-            assert epoch(threads, 1) == [2] * p + [1] * p + [1] * 3
-            cost.update({1: 1.0, 2: 0.5})  # the other process ended
-            assert epoch(threads, 2) == [1] * (2 * p + 3)  # no probe
-            assert epoch(threads, 1 + training.PROBE_EVERY_EPOCHS) == [2] * p + [1] * p + [2] * 3
-        # What the provenance records: the steps run on each count (counted from the lists above).
-        assert threads.steps == {2: p + p + 3, 1: (p + 3) + (2 * p + 3) + p}
-        assert torch.get_num_threads() == 2
-        with training.StepThreads(torch.device("cpu"), training._GRAIN_SIZE) as threads:
-            assert epoch(threads, 1) == [2] * (2 * training.PROBE_STEPS + 3)  # ops split: never switched
+        with training.StepThreads(torch.device("cpu")) as threads:
+            assert torch.get_num_threads() == 1
+            threads.count_step()
+            threads.count_step()
+        assert threads.steps == {1: 2} and torch.get_num_threads() == 2
+        with training.StepThreads(torch.device("meta")):
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(caller)
 
 
-def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
-    """Why switching is allowed: below the grain size the thread count changes no bit of the trained
-    weights. (The maps predicted from them after training, on the caller's count, may differ in the
-    last bit from one --nprocs to another: a split op's chunks end on other elements, where the
+def test_training_gives_the_same_bits_whatever_the_thread_count():
+    """The trained weights do not depend on --nprocs: the loop runs on one thread, and says so in
+    the record. (The maps predicted from them after training, on the caller's count, may differ in
+    the last bit from one --nprocs to another: a split op's chunks end on other elements, where the
     vectorised and scalar paths of exp round differently.)"""
     rng = np.random.default_rng(0)
     n = 3000
     signals = simulate_magnitude(ACQUISITION, np.ones(n), rng.uniform(0, 1, n), rng.uniform(0, 300, n), 1 / 60, rng)
     settings = dataclasses.replace(TRAINING_PRESETS["fast"], max_epochs=2)
     caller = torch.get_num_threads()
-    monkeypatch.setattr(training, "_GRAIN_SIZE", 0)  # no switching: every step on the caller's count
     maps = []
     try:
         for threads in (1, 2):
@@ -161,7 +142,8 @@ def test_training_gives_the_same_bits_on_one_thread_or_two(monkeypatch):
                                                            device=torch.device("cpu"))
             maps.append(estimates.weights)
             steps = settings.max_epochs * settings.steps_per_epoch
-            assert [n.step_threads for n in estimates.networks] == [{str(threads): steps}] * 2  # as recorded
+            assert [n.step_threads for n in estimates.networks] == [{"1": steps}] * 2  # as recorded
+            assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(caller)
     for kind in ("water", "fat"):
@@ -184,40 +166,75 @@ def test_the_fast_loss_weighs_each_voxel_by_its_snr_to_the_minus_two():
     assert got[0] == pytest.approx(SNR_WEIGHT_FLOOR ** -2, rel=1e-6)
 
 
-def test_the_fast_mini_batch_loss_is_the_snr_weighted_mean_nll(monkeypatch):
+@pytest.mark.parametrize("n_echoes", [4, 6, 12])
+def test_the_mini_batch_loss_and_gradient_are_the_snr_weighted_mean_nll_and_its_autograd_gradient(
+        monkeypatch, n_echoes):
     """The loss train_networks hands the training loop, against the weighted mean computed here
-    from the raw signals (SNR = largest echo / sigma, floored) and the Rician NLL; the paper
-    preset's is the plain mean."""
+    from the raw signals (SNR = largest echo / sigma, floored) and the Rician NLL of
+    PhysicsAutoencoder's forward; its hand-written gradient against autograd's of that mean; the
+    paper preset's against the plain mean. Echo counts from 4 to 12, the water/fat pair and the
+    single network."""
     from raider_bids.physics.likelihood import rician_nll_per_voxel
 
+    acquisition = Acquisition(tuple(1.2e-3 + 1.0e-3 * i for i in range(n_echoes)), 1.5, PRESETS["hernando"])
     captured = {}
 
-    def capture(model, n_train, batch_loss, validation_loss, settings, generator, seeds, loss_name, progress):
-        captured.update(model=model, batch_loss=batch_loss, loss_name=loss_name)
+    def capture(model, n_train, batch_gradient, validation_loss, settings, generator, seeds, loss_name, progress):
+        captured.update(model=model, batch_gradient=batch_gradient, loss_name=loss_name)
         return [training.NetworkRecord(kind, seed, loss_name) for kind, seed in zip(model.kinds, seeds)]
 
     monkeypatch.setattr(self_supervised, "early_stopping", capture)
     rng = np.random.default_rng(0)
     n, sigma = 300, 2.0
     s0 = rng.uniform(10, 200, n)  # first echoes from about 4 to 100 sigma: the floor binds on some
-    signals = simulate_magnitude(ACQUISITION, s0, rng.uniform(0, 1, n), rng.uniform(10, 300, n), sigma, rng)
-    idx = torch.tensor([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
-    for name in ("fast", "paper"):
-        settings = TRAINING_PRESETS[name]
-        self_supervised.train_networks(signals, ACQUISITION, sigma, ("water", "fat"), 0, torch.device("cpu"),
-                                       settings, None)
-        # the training voxels, as train_networks splits them (its generator's first use)
-        train_idx, _ = split_indices(n, settings.validation_fraction, np.random.default_rng(0),
-                                     settings.max_validation_voxels)
-        m = torch.as_tensor(signals[train_idx][idx.numpy()], dtype=torch.float32)  # (2, 6, E)
-        scale = m.amax(dim=-1, keepdim=True)
-        with torch.no_grad():
-            nll = rician_nll_per_voxel(m / scale, captured["model"](m / scale), sigma / scale)
+    signals = simulate_magnitude(acquisition, s0, rng.uniform(0, 1, n), rng.uniform(10, 300, n), sigma, rng)
+    for kinds in (("water", "fat"), ("full",)):
+        idx = torch.arange(6 * len(kinds)).reshape(len(kinds), 6)
+        for name in ("fast", "paper"):
+            settings = TRAINING_PRESETS[name]
+            self_supervised.train_networks(signals, acquisition, sigma, kinds, 0, torch.device("cpu"), settings, None)
+            # the training voxels, as train_networks splits them (its generator's first use)
+            train_idx, _ = split_indices(n, settings.validation_fraction, np.random.default_rng(0),
+                                         settings.max_validation_voxels)
+            m = torch.as_tensor(signals[train_idx][idx.numpy()], dtype=torch.float32)  # (K, 6, E)
+            scale = m.amax(dim=-1, keepdim=True)
+            model = captured["model"]
+            nll = rician_nll_per_voxel(m / scale, model(m / scale), sigma / scale)
             if settings.nll_snr_power is None:
                 expected = nll.mean(dim=1)
             else:
                 w = torch.clamp(scale[..., 0] / sigma, min=SNR_WEIGHT_FLOOR) ** -settings.nll_snr_power
                 expected = (w * nll).sum(dim=1) / w.sum(dim=1)
-            loss = captured["batch_loss"](idx)
-        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-        assert ("weighted by SNR^-2" in captured["loss_name"]) == (name == "fast")
+            expected_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(expected.sum(),
+                                                                                  list(model.parameters()))])
+            theta = training.flatten_parameters(model)
+            loss, grad = captured["batch_gradient"](theta, idx)
+            torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5 * float(expected_grad.abs().max()))
+            assert ("weighted by SNR^-2" in captured["loss_name"]) == (name == "fast")
+
+
+def test_adam_on_the_flat_vector_is_torchs_adam():
+    """training.Adam with the fast preset's annealed learning rate against torch.optim.Adam with
+    LambdaLR on the same gradients, parameter by parameter."""
+    settings = dataclasses.replace(TRAINING_PRESETS["fast"], max_epochs=2, steps_per_epoch=10)
+    generator = torch.Generator().manual_seed(0)
+    model = PhysicsAutoencoder(ACQUISITION, ("water", "fat"), generator)
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    theta = training.flatten_parameters(model)
+    ours = training.Adam(theta)
+    torch_adam = torch.optim.Adam(reference, lr=settings.learning_rate)
+    final, total = settings.final_lr_fraction, 20
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        torch_adam, lambda step: final + (1 - final) * 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
+    for step in range(25):
+        grads = [torch.randn(p.shape, generator=generator) for p in reference]
+        for p, g in zip(reference, grads):
+            p.grad = g
+        torch_adam.step()
+        schedule.step()
+        ours.step(torch.cat([g.reshape(-1) for g in grads]), training.learning_rate(settings, step))
+    for p, r in zip(model.parameters(), reference):
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-5, atol=1e-7)
+    assert training.learning_rate(settings, 0) == settings.learning_rate
+    assert training.learning_rate(settings, 20) == pytest.approx(settings.learning_rate * final)

@@ -25,9 +25,9 @@ T = TypeVar("T")
 
 N_HIDDEN_LAYERS = 4
 # The R2* output is in 1/ms (as the paper quotes it) so that typical values are O(0.1).
-_R2STAR_OUTPUT_SCALE_S = 1000.0
+R2STAR_OUTPUT_SCALE_S = 1000.0
 # Output-layer biases at start: S0 of the max-normalised signal ~ 1, R2* ~ 50 1/s.
-_INITIAL_BIAS = (1.0, 0.0, math.sqrt(50.0 / _R2STAR_OUTPUT_SCALE_S))
+_INITIAL_BIAS = (1.0, 0.0, math.sqrt(50.0 / R2STAR_OUTPUT_SCALE_S))
 _EVAL_CHUNK = 32768  # at most, voxels evaluated at once
 
 
@@ -83,7 +83,7 @@ class PhysicsAutoencoder(torch.nn.Module):
             x = x.expand(len(self.kinds), *x.shape)
         raw = self.encode(x)
         pdff = torch.stack([pdff_transform(raw[k, :, 1], kind) for k, kind in enumerate(self.kinds)])
-        return nonnegative(raw[..., 0]), pdff, _R2STAR_OUTPUT_SCALE_S * nonnegative(raw[..., 2])
+        return nonnegative(raw[..., 0]), pdff, R2STAR_OUTPUT_SCALE_S * nonnegative(raw[..., 2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Signals -> predicted noise-free signals (K, N, E)."""

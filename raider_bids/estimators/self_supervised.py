@@ -14,6 +14,7 @@ from ..physics.likelihood import rician_nll_per_voxel
 from ..physics.parameters import PDFF_BOUNDARY
 from ..physics.signal_model import Acquisition
 from ..provenance import DEFAULT_NETWORK_LOSS, NetworkRecord
+from .analytic_gradient import BlockStack
 from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
 from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise, per_network_nll
 from .training import early_stopping, split_indices
@@ -93,17 +94,18 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     power, n_echoes = settings.nll_snr_power, x.shape[1]
     weight = None if power is None else snr_weights(sig, power)
     columns = [x, sig] if weight is None else [x, sig, weight]
-    train, x_val, sigma_val = torch.cat(columns, dim=1)[train_t], x[val_t], sig[val_t]
+    # echo-major (rows: echoes, sigma, weight), so that a mini-batch is one gather of columns
+    train = torch.cat(columns, dim=1)[train_t].T.contiguous()
+    x_val, sigma_val = x[val_t], sig[val_t]
     # Validation weighs its voxels as training does: early stopping watches the objective trained on.
     val_weight = None if weight is None else weight[val_t, 0]
+    stack = BlockStack(model, acquisition)
 
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        batch = train[idx]  # one gather for the signals, their sigma (and their weight)
-        signals = batch[..., :n_echoes]
-        nll = rician_nll_per_voxel(signals, model(signals), batch[..., n_echoes:n_echoes + 1])
-        return voxel_mean(nll, None if weight is None else batch[..., -1])
+    def batch_gradient(theta: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = train.index_select(1, idx.reshape(-1)).view(-1, *idx.shape)
+        return stack.gradient(theta, batch[:n_echoes], batch[n_echoes], None if weight is None else batch[-1])
 
-    histories = early_stopping(model, train.shape[0], batch_loss,
+    histories = early_stopping(model, train.shape[1], batch_gradient,
                                lambda: voxel_mean(per_network_nll(model, x_val, sigma_val), val_weight).tolist(),
                                settings, generator, (seed,) * len(kinds), network_loss(settings), progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)

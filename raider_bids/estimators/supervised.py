@@ -30,7 +30,7 @@ from ..provenance import NetworkRecord
 from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
 from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise
 from .self_supervised import network_file
-from .training import early_stopping, validation_size
+from .training import autograd_gradient, early_stopping, validation_size
 
 KINDS = ("water", "fat")
 # Not the whole range of R2STAR_MAX_S: tried with 3 % of the signals spread over 500-3000 1/s, iron
@@ -133,9 +133,9 @@ def train_supervised(model: PhysicsAutoencoder, x_train: torch.Tensor, y_train: 
                      progress: ProgressCallback | None = None) -> list[NetworkRecord]:
     """Supervised training; network k sees only its own set x_*[k] (K, N, E), y_*[k] (K, N, 2)."""
     rows = torch.arange(len(model.kinds), device=x_train.device)[:, None]
-    return early_stopping(model, x_train.shape[1], lambda idx: _losses(model, x_train[rows, idx], y_train[rows, idx]),
-                          lambda: _validation_losses(model, x_val, y_val), settings, generator, seeds, LOSS,
-                          progress)
+    gradient = autograd_gradient(model, lambda idx: _losses(model, x_train[rows, idx], y_train[rows, idx]))
+    return early_stopping(model, x_train.shape[1], gradient, lambda: _validation_losses(model, x_val, y_val),
+                          settings, generator, seeds, LOSS, progress)
 
 
 def predict_parameters(model: PhysicsAutoencoder, signals: np.ndarray,

@@ -35,72 +35,97 @@ def split_indices(n: int, validation_fraction: float, rng: np.random.Generator,
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-# A training step's tensors (a mini-batch through layers a few units wide) are barely worth splitting:
-# on an idle 2-core machine two threads are 10-20 % faster than one, but beside one CPU-bound process
-# they are 4x slower (each op waits for the thread that lost its core). So on CPU the step runs on
-# whichever is faster now, the caller's count or one thread, probed on PROBE_STEPS steps of each at
-# the start and every PROBE_EVERY_EPOCHS epochs (benchmarks/shared_machine.py). Below torch's grain
-# size (at::internal::GRAIN_SIZE elements per op) ops are not split, so the count does not change a
-# bit of the result; above it the caller's count is kept, for reproducibility. The validation loss
-# (tens of thousands of voxels, reduced to one number) always runs on one thread, for the same reason.
-PROBE_STEPS = 10
-PROBE_EVERY_EPOCHS = 5
-_GRAIN_SIZE = 32768
+# A training step's tensors (mini-batches through layers a few units wide) are not worth splitting:
+# with the hand-written step (analytic_gradient), one thread is as fast as two on an idle 2-core
+# machine, from 6 echoes and 1,024 voxels a network (1.0-1.4 against 1.4-1.9 ms) up to 16 echoes
+# (2.6 against 4.1 ms) or 8,192 voxels (6.2-6.6 against 6.5-7.4 ms), and beside one CPU-bound
+# process two threads take 5x as long (each op waits for the thread that lost its core;
+# benchmarks/training_step.py). So on CPU the loop (steps and validation) runs on one thread, and
+# the trained weights cannot depend on --nprocs (MKL splits even a step's small products
+# differently on two threads).
 
 
 class StepThreads:
-    """torch's intra-op threads during training steps; restores the caller's count on exit."""
+    """torch's intra-op threads during the training loop: one on CPU, the caller's count on other
+    devices; restores the caller's count on exit."""
 
-    def __init__(self, device: torch.device, largest_op_elements: int):
+    def __init__(self, device: torch.device):
         self.caller = torch.get_num_threads()
-        self.options = ((self.caller, 1) if device.type == "cpu" and self.caller > 1
-                        and largest_op_elements < _GRAIN_SIZE else (self.caller,))
-        self.chosen = self.options[-1]
-        self._seconds: dict[int, float] = {}
+        self.threads = 1 if device.type == "cpu" else self.caller
         self.steps: dict[int, int] = {}  # thread count -> training steps run on it, for the provenance
 
     def __enter__(self) -> "StepThreads":
+        torch.set_num_threads(self.threads)
         return self
 
     def __exit__(self, *exc) -> None:
         torch.set_num_threads(self.caller)
 
-    def before_step(self, epoch: int, step: int) -> None:
-        probing = len(self.options) > 1 and (epoch - 1) % PROBE_EVERY_EPOCHS == 0 and step < 2 * PROBE_STEPS
-        threads = self.options[step // PROBE_STEPS] if probing else self.chosen
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-        self._probing, self._start = probing, time.perf_counter()
-
-    def before_validation(self) -> None:
-        if len(self.options) > 1:
-            torch.set_num_threads(1)
-
-    def after_step(self, epoch: int, step: int) -> None:
-        threads = torch.get_num_threads()
-        self.steps[threads] = self.steps.get(threads, 0) + 1
-        if not self._probing:
-            return
-        self._seconds[threads] = self._seconds.get(threads, 0.0) + time.perf_counter() - self._start
-        if step == 2 * PROBE_STEPS - 1:
-            self.chosen = min(self.options, key=lambda t: self._seconds[t])
-            self._seconds = {}
+    def count_step(self) -> None:
+        self.steps[self.threads] = self.steps.get(self.threads, 0) + 1
 
 
-def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+BatchGradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def flatten_parameters(model: torch.nn.Module) -> torch.Tensor:
+    """Make the model's parameters views of one flat vector (in the order of model.parameters(),
+    each flattened) and return it: the optimiser updates every weight in one kernel per operation."""
+    parameters = list(model.parameters())
+    theta = torch.cat([p.detach().reshape(-1) for p in parameters])
+    offset = 0
+    for p in parameters:
+        p.data = theta[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return theta
+
+
+def autograd_gradient(model: torch.nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor]) -> BatchGradient:
+    """A BatchGradient from a differentiable `batch_loss` (mini-batch indices (K, B) -> per-network
+    loss (K,)) of the model's parameters, which must be views of theta (flatten_parameters)."""
+    parameters = list(model.parameters())
+
+    def gradient(theta: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = batch_loss(idx)
+        grads = torch.autograd.grad(loss.sum(), parameters)
+        return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
+    return gradient
+
+
+class Adam:
+    """torch.optim.Adam's update (its default betas and eps, no weight decay) on one flat vector:
+    six kernels for every weight of the stack, where torch's optimiser spent 0.4 ms a step on
+    its bookkeeping (a step is 1-4 ms)."""
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, theta: torch.Tensor):
+        self.theta, self.steps = theta, 0
+        self.mean, self.square = torch.zeros_like(theta), torch.zeros_like(theta)
+
+    def step(self, grad: torch.Tensor, learning_rate: float) -> None:
+        (b1, b2), self.steps = self.BETAS, self.steps + 1
+        self.mean.lerp_(grad, 1 - b1)
+        self.square.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denominator = (self.square.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.EPS)
+        self.theta.addcdiv_(self.mean, denominator, value=-learning_rate / (1 - b1 ** self.steps))
+
+
+def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_gradient: BatchGradient,
                    validation_loss: Callable[[], list[float]], settings: TrainingSettings,
                    generator: torch.Generator, seeds: tuple[int, ...], loss_name: str,
                    progress: ProgressCallback | None = None) -> list[NetworkRecord]:
-    """The training loop of every network stack: Adam on `batch_loss` (mini-batch indices (K, B)
-    into the n_train training items -> per-network mean loss (K,)); each network stops after
-    `patience` epochs without a better `validation_loss()` (per network) and gets its best weights
-    back. Returns each network's record (`loss_name` names the loss). `progress` is told where the
-    training stands before the first epoch, after each and when it has stopped (TrainingProgress)."""
+    """The training loop of every network stack: Adam on `batch_gradient(theta, idx)` (the
+    stack's parameters as one flat vector, from flatten_parameters, and mini-batch indices (K, B)
+    into the n_train training items -> per-network mean loss (K,) and its gradient in theta); each
+    network stops after `patience` epochs without a better `validation_loss()` (per network) and
+    gets its best weights back. Returns each network's record (`loss_name` names the loss).
+    `progress` is told where the training stands before the first epoch, after each and when it
+    has stopped (TrainingProgress)."""
     k_nets = len(model.kinds)
     histories = [NetworkRecord(kind, seed, loss_name) for kind, seed in zip(model.kinds, seeds)]
-    # fused: one kernel for all the small weight tensors (345 -> 72 us, a tenth of a step)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, fused=True)
-    schedule = _cosine_schedule(optimiser, settings)
+    theta = flatten_parameters(model)
+    optimiser = Adam(theta)
     best_loss = validation_loss()
     best_state = [model.network_state(k) for k in range(k_nets)]
     waited = [0] * k_nets
@@ -109,7 +134,6 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable
     device = next(model.parameters()).device
     for h in histories:
         h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
-    batch = min(settings.batch_size, n_train)
 
     def tell(epoch: int, elapsed_s: float, finished: bool = False) -> None:
         if progress is not None:  # the losses of the networks that trained this epoch (all before the first)
@@ -119,23 +143,17 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable
                                       tuple(histories), finished))
 
     tell(0, 0.0)
-    with StepThreads(device, k_nets * batch * max(max(w.shape[1:]) for w in model.weights)) as threads:
+    with StepThreads(device) as threads:
         for epoch in range(1, settings.max_epochs + 1):
             running = torch.zeros(k_nets, dtype=torch.float64, device=device)
             seen = 0
-            for step, idx in enumerate(_epoch_batches(n_train, k_nets, settings, generator)):
-                threads.before_step(epoch, step)
+            for idx in _epoch_batches(n_train, k_nets, settings, generator):
                 idx = idx.to(device)
-                per_network = batch_loss(idx)
-                optimiser.zero_grad(set_to_none=True)
-                per_network.sum().backward()
-                optimiser.step()
-                if schedule is not None:
-                    schedule.step()
-                running += per_network.detach().double() * idx.shape[1]  # on the device: no sync per step
+                per_network, grad = batch_gradient(theta, idx)
+                optimiser.step(grad, learning_rate(settings, optimiser.steps))
+                running += per_network.double() * idx.shape[1]  # on the device: no sync per step
                 seen += idx.shape[1]
-                threads.after_step(epoch, step)
-            threads.before_validation()
+                threads.count_step()
             val = validation_loss()
             for k, h in enumerate(histories):
                 if not active[k]:
@@ -166,14 +184,14 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_loss: Callable
     return histories
 
 
-def _cosine_schedule(optimiser: torch.optim.Optimizer, settings: TrainingSettings):
-    """Learning rate annealed along a half cosine to `final_lr_fraction` of its start over the
-    whole step budget (max_epochs x steps_per_epoch); None when there is no such budget."""
+def learning_rate(settings: TrainingSettings, step: int) -> float:
+    """The learning rate of optimiser step `step` (0 first): constant, or annealed along a half
+    cosine to `final_lr_fraction` of its start over the whole step budget (max_epochs x
+    steps_per_epoch) when there is one."""
     if settings.final_lr_fraction is None or settings.steps_per_epoch is None:
-        return None
+        return settings.learning_rate
     total, final = settings.max_epochs * settings.steps_per_epoch, settings.final_lr_fraction
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    return settings.learning_rate * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
 
 def _epoch_batches(n: int, k_nets: int, settings: TrainingSettings, generator: torch.Generator):

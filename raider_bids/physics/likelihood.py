@@ -45,11 +45,12 @@ def rician_nll_per_voxel(measured: torch.Tensor, predicted: torch.Tensor,
     return -rician_log_likelihood(measured, predicted, sigma).sum(dim=-1)
 
 
-def rician_nll_echo_major(measured: torch.Tensor, predicted: torch.Tensor, sigma: float,
+def rician_nll_echo_major(measured: torch.Tensor, predicted: torch.Tensor, sigma: float | torch.Tensor,
                           score: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """rician_nll_per_voxel for magnitudes of shape (E, ...), summed over the first (echo)
     dimension -> (...); and, if `score`, m I1(z)/I0(z) - nu (E, ...): J' times it is the NLL's
-    descent direction (times 1/sigma^2), from the same evaluation of the Bessel functions."""
+    descent direction (times 1/sigma^2), from the same evaluation of the Bessel functions.
+    sigma: one noise level, or one per voxel (a tensor of shape (...))."""
     var = sigma**2
     nu = predicted.clamp_min(MIN_PREDICTED * sigma)
     log_i0e, ratio = log_i0e_and_ratio(measured * nu / var, ratio=score)

@@ -51,10 +51,11 @@ class FitResult:
 
 
 class MagnitudeJacobian:
-    """Magnitude model with its analytic Jacobian, float64 torch."""
+    """Magnitude model with its analytic Jacobian (float64 torch for the fit; the networks'
+    training step uses float32)."""
 
-    def __init__(self, acquisition: Acquisition, device: torch.device):
-        self.signal = SignalModel(acquisition, dtype=torch.float64).to(device)
+    def __init__(self, acquisition: Acquisition, device: torch.device, dtype: torch.dtype = torch.float64):
+        self.signal = SignalModel(acquisition, dtype=dtype).to(device)
         cr, ci = self.signal.fat_real[:, None], self.signal.fat_imag[:, None]
         # |1 - p + p c|^2 = 1 + p (2a + p b) and d|.|/dp = (a + p b) / |.|, per echo.
         self.a, self.b = cr - 1, (cr - 1) ** 2 + ci**2
