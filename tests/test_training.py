@@ -214,6 +214,24 @@ def test_the_mini_batch_loss_and_gradient_are_the_snr_weighted_mean_nll_and_its_
             assert ("weighted by SNR^-2" in captured["loss_name"]) == (name == "fast")
 
 
+def test_the_validation_nll_is_the_networks_rician_nll():
+    """BlockStack.nll (the validation loss's terms) against PhysicsAutoencoder's forward and
+    rician_nll_per_voxel, for the water/fat pair on the same voxels."""
+    from raider_bids.estimators.analytic_gradient import BlockStack
+    from raider_bids.physics.likelihood import rician_nll_per_voxel
+
+    rng = np.random.default_rng(1)
+    n = 500
+    signals = simulate_magnitude(ACQUISITION, rng.uniform(5, 100, n), rng.uniform(0, 1, n), rng.uniform(0, 600, n),
+                                 1.0, rng)
+    x, sigma, _ = normalise(signals, 1.0, torch.device("cpu"))
+    model = PhysicsAutoencoder(ACQUISITION, ("water", "fat"), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = rician_nll_per_voxel(x, model(x), sigma)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(BlockStack(model, ACQUISITION).nll(theta, x, sigma), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_adam_on_the_flat_vector_is_torchs_adam():
     """training.Adam with the fast preset's annealed learning rate against torch.optim.Adam with
     LambdaLR on the same gradients, parameter by parameter."""

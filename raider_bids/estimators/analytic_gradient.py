@@ -58,11 +58,9 @@ class BlockStack:
         return [(buffer[w:w + rows * cols].view(rows, cols), buffer[b:b + rows].view(rows, 1))
                 for w, rows, cols, b in self._layers]
 
-    def gradient(self, theta: torch.Tensor, signals: torch.Tensor, sigma: torch.Tensor,
-                 weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each network's (weighted) mean Rician NLL over its mini-batch, (K,), and its gradient
-        in theta, for max-normalised signals (E, K, B), their sigma (K, B) and NLL weights (K, B)
-        (None: the plain mean)."""
+    def _forward(self, theta: torch.Tensor, signals: torch.Tensor, sigma: torch.Tensor, score: bool):
+        """The stack's per-voxel NLL for signals (E, K, B) and sigma (K, B), with what the gradient
+        needs when `score`."""
         n_echoes, k, b = signals.shape
         self._blocks.index_copy_(0, self.positions, theta)
         layers = self._views(self._blocks)
@@ -73,14 +71,29 @@ class BlockStack:
             h = torch.addmm(bias, w, h)
             if i < N_HIDDEN_LAYERS:
                 h = torch.nn.functional.elu(h)
-        raw_s0, raw_pdff, raw_r2 = h.view(3, k, b)
-        sine = torch.sin(raw_pdff)
-        theta_voxels = torch.stack([raw_s0 * raw_s0, torch.addcmul(self.pdff_start, self.half_span, sine),
-                                    R2STAR_OUTPUT_SCALE_S * raw_r2 * raw_r2]).view(3, k * b)
-        predicted, jac = self.jacobian.evaluate(theta_voxels)
-        measured, sigma = signals.reshape(n_echoes, k * b), sigma.reshape(k * b)
-        nll, residual = rician_nll_echo_major(measured, predicted, sigma)
-        nll = nll.view(k, b)
+        raw = h.view(3, k, b)
+        theta_voxels = torch.stack([raw[0] * raw[0], torch.addcmul(self.pdff_start, self.half_span, torch.sin(raw[1])),
+                                    R2STAR_OUTPUT_SCALE_S * raw[2] * raw[2]]).view(3, k * b)
+        predicted, jac = self.jacobian.evaluate(theta_voxels, jacobian=score)
+        nll, residual = rician_nll_echo_major(signals.reshape(n_echoes, k * b), predicted, sigma.reshape(k * b),
+                                              score=score)
+        return nll.view(k, b), (layers, inputs, raw, jac, residual)
+
+    def nll(self, theta: torch.Tensor, signals: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Every network's per-voxel Rician NLL (K, N) of the same voxels: max-normalised signals
+        (N, E) and their sigma (N, 1): the validation loss's terms."""
+        k, (n, n_echoes) = len(self.pdff_start), signals.shape
+        return self._forward(theta, signals.T[:, None].expand(n_echoes, k, n), sigma.T.expand(k, n), False)[0]
+
+    def gradient(self, theta: torch.Tensor, signals: torch.Tensor, sigma: torch.Tensor,
+                 weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each network's (weighted) mean Rician NLL over its mini-batch, (K,), and its gradient
+        in theta, for max-normalised signals (E, K, B), their sigma (K, B) and NLL weights (K, B)
+        (None: the plain mean)."""
+        k, b = sigma.shape
+        nll, (layers, inputs, raw, jac, residual) = self._forward(theta, signals, sigma, True)
+        sigma = sigma.reshape(k * b)
+        raw_s0, raw_pdff, raw_r2 = raw
         if weight is None:
             loss, share = nll.mean(dim=1), torch.full_like(nll, 1.0 / b)
         else:

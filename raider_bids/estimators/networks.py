@@ -16,7 +16,6 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..physics.likelihood import rician_nll_per_voxel
 from ..physics.signal_model import Acquisition, SignalModel
 from ..physics.transforms import nonnegative, pdff_transform
 from ..resources import chunk_slices, chunk_voxels
@@ -99,13 +98,6 @@ class PhysicsAutoencoder(torch.nn.Module):
         with torch.no_grad():
             for name, value in self.named_parameters():
                 value[k:k + 1].copy_(state[name])
-
-
-def per_network_nll(model: PhysicsAutoencoder, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-voxel Rician NLL of every network, (K, N), for max-normalised signals x (N, E) and
-    their sigma (N, 1)."""
-    return torch.cat(evaluate_in_chunks(model, x.shape[0],
-                                        lambda sl: rician_nll_per_voxel(x[sl], model(x[sl]), sigma[sl])), dim=1)
 
 
 def normalise(signals: np.ndarray, sigma: float,

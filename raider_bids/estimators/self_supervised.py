@@ -16,7 +16,7 @@ from ..physics.signal_model import Acquisition
 from ..provenance import DEFAULT_NETWORK_LOSS, NetworkRecord
 from .analytic_gradient import BlockStack
 from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
-from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise, per_network_nll
+from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise
 from .training import early_stopping, split_indices
 
 
@@ -105,9 +105,13 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
         batch = train.index_select(1, idx.reshape(-1)).view(-1, *idx.shape)
         return stack.gradient(theta, batch[:n_echoes], batch[n_echoes], None if weight is None else batch[-1])
 
-    histories = early_stopping(model, train.shape[1], batch_gradient,
-                               lambda: voxel_mean(per_network_nll(model, x_val, sigma_val), val_weight).tolist(),
-                               settings, generator, (seed,) * len(kinds), network_loss(settings), progress)
+    def validation_loss() -> list[float]:
+        theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        nll = evaluate_in_chunks(model, x_val.shape[0], lambda sl: stack.nll(theta, x_val[sl], sigma_val[sl]))
+        return voxel_mean(torch.cat(nll, dim=1), val_weight).tolist()
+
+    histories = early_stopping(model, train.shape[1], batch_gradient, validation_loss, settings, generator,
+                               (seed,) * len(kinds), network_loss(settings), progress)
     return TrainedNetworks(model, histories, x, sig, scale.numpy(), settings, train_idx.size, val_idx.size)
 
 
