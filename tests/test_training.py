@@ -228,7 +228,7 @@ def test_the_validation_nll_is_the_networks_rician_nll():
     model = PhysicsAutoencoder(ACQUISITION, ("water", "fat"), torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = rician_nll_per_voxel(x, model(x), sigma)
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    theta = training.parameter_vector(model)
     torch.testing.assert_close(BlockStack(model, ACQUISITION).nll(theta, x, sigma), expected, rtol=1e-5, atol=1e-4)
 
 

@@ -17,7 +17,7 @@ from ..provenance import DEFAULT_NETWORK_LOSS, NetworkRecord
 from .analytic_gradient import BlockStack
 from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
 from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise
-from .training import early_stopping, split_indices
+from .training import early_stopping, parameter_vector, split_indices
 
 
 class _SelfSupervised(Estimator):
@@ -106,7 +106,7 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
         return stack.gradient(theta, batch[:n_echoes], batch[n_echoes], None if weight is None else batch[-1])
 
     def validation_loss() -> list[float]:
-        theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        theta = parameter_vector(model)  # the loop's weights now
         nll = evaluate_in_chunks(model, x_val.shape[0], lambda sl: stack.nll(theta, x_val[sl], sigma_val[sl]))
         return voxel_mean(torch.cat(nll, dim=1), val_weight).tolist()
 

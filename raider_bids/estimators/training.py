@@ -68,11 +68,17 @@ class StepThreads:
 BatchGradient = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def parameter_vector(model: torch.nn.Module) -> torch.Tensor:
+    """A copy of the model's parameters as one flat vector, in the order of model.parameters(),
+    each flattened: the layout of the training loop's theta."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
 def flatten_parameters(model: torch.nn.Module) -> torch.Tensor:
-    """Make the model's parameters views of one flat vector (in the order of model.parameters(),
-    each flattened) and return it: the optimiser updates every weight in one kernel per operation."""
+    """Make the model's parameters views of one flat vector (parameter_vector's layout) and return
+    it: the optimiser updates every weight in one kernel per operation."""
     parameters = list(model.parameters())
-    theta = torch.cat([p.detach().reshape(-1) for p in parameters])
+    theta = parameter_vector(model)
     offset = 0
     for p in parameters:
         p.data = theta[offset:offset + p.numel()].view_as(p)
