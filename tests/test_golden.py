@@ -17,7 +17,10 @@ loss was recorded at issue 17 and taken back (it harmed the anatomy phantom at t
 docs/shared-machine.md). The demo's affine became LAS with its origin at the grid's centre (its
 liver on the patient's right, not a placeholder's geometry): the recorded files' sizes changed, no
 array did. Each network's record then gained StepThreads (training steps per thread count): no
-array changed."""
+array changed. Re-recorded at issue 17 for the fast preset's learning rate (1e-2, was 5e-3): the
+trained networks' outputs changed on purpose, the fit's arrays did not. Since then the trained
+outputs are compared to a tolerance that other CPUs' float32 kernels need (see below): CI on
+another machine had moved the training losses by 2e-6 of their value."""
 
 from __future__ import annotations
 
@@ -87,9 +90,14 @@ def test_maps_and_weights_are_the_recorded_ones(made, call):
     golden, _, _ = _golden(call)
     assert sorted(arrays) == sorted(golden)
     for key, expected in golden.items():
-        # The same code paths on the same library versions: the same bits (the recorded ones
-        # were made twice, identically). A last-bit tolerance covers other CPUs' kernels.
-        np.testing.assert_allclose(arrays[key], expected, rtol=1e-6, atol=1e-7, err_msg=key)
+        # On one machine the same code makes the same bits (the recorded ones were made twice,
+        # identically). Other CPUs' float32 kernels (MKL and torch pick them by instruction set)
+        # round training's sums in another order: over the calls' 400 steps, trained weights and
+        # maps moved by up to 5e-6 and 1.5e-5 (the side probability) of the array's largest value
+        # between two machines, so the tolerance is 1e-3 of that value. A changed default or model,
+        # or one voxel on its other side (PDFF 0.1 or more away), moves them by far more.
+        scale = float(np.abs(expected).max()) if expected.size else 0.0
+        np.testing.assert_allclose(arrays[key], expected, rtol=1e-6, atol=max(1e-7, 1e-3 * scale), err_msg=key)
 
 
 @pytest.mark.parametrize("call", list(record.CALLS))
@@ -153,11 +161,12 @@ def test_every_method_records_the_same_keys(made):
 
 
 def _close(a, b) -> bool:
-    """Equal, floats to a relative 1e-6 (losses summed by other CPUs' kernels)."""
+    """Equal, floats to a relative 1e-4: other CPUs' float32 kernels moved the training losses by up to
+    2e-6 of their value between two machines (the maps' tolerance says why)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
     return a == b
