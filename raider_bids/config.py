@@ -93,6 +93,11 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available
 # that also weighs the neighbours (choice.spatial); "voxel", the paper's per-voxel likelihood.
 CHOICES = ("spatial", "voxel")
 DEFAULT_CHOICE = "spatial"
+# Whether trained networks' water and fat candidates are refined to their side's maximum likelihood
+# where the two are close, before the choice (estimators.refinement): "ambiguous", or "none" (the
+# networks' own candidates, as in the paper).
+REFINEMENTS = ("ambiguous", "none")
+DEFAULT_REFINEMENT = "ambiguous"
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class Config:
     roi_datasets: tuple[Path, ...] = ()
     methods: tuple[str, ...] = (DEFAULT_METHOD,)  # the first is the primary
     choice: str = DEFAULT_CHOICE
+    refine: str = DEFAULT_REFINEMENT
     write_candidates: bool = False
     training: TrainingSettings = field(default_factory=lambda: TRAINING_PRESETS[DEFAULT_TRAINING])
     random_seed: int = 0
@@ -136,5 +142,5 @@ class Config:
 # Options that change the maps (threads, device and paths change at most the last bits, or nothing):
 # a finished run made with other values of these is recomputed, not skipped. For mask_file and a
 # fat_spectrum file, their content counts, not their path (the provenance's OptionFiles).
-RESULT_OPTIONS = ("field_strength_t", "fat_spectrum", "sigma", "mask_file", "methods", "choice",
+RESULT_OPTIONS = ("field_strength_t", "fat_spectrum", "sigma", "mask_file", "methods", "choice", "refine",
                   "write_candidates", "training", "random_seed")

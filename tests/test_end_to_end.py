@@ -17,7 +17,9 @@ from raider_bids.experiments.demo import FIELD_STRENGTH_T, TISSUES, compare, wri
 from raider_bids.estimators.self_supervised import predict
 from raider_bids.estimators.networks import PhysicsAutoencoder, normalise
 from raider_bids.physics.fat_spectrum import PRESETS
+from raider_bids.physics.parameters import PDFF_RANGES
 from raider_bids.physics.signal_model import Acquisition
+from raider_bids.physics.solver import refine_voxels
 
 SHAPE = (32, 32, 3)
 WATER = ("muscle", "liver")  # clearly water-dominant
@@ -126,13 +128,17 @@ def test_provenance(dataset, maps):
 def test_saved_weights_reproduce_the_maps(dataset, maps):
     """The weights load with weights_only=True and, fed the input signals, give the PDFF map: the
     more likely candidate wherever the LLR map is >= 0, the other where the spatial choice
-    followed the neighbours (LLR < 0, equal to the candidates' NLL difference)."""
+    followed the neighbours (LLR < 0, equal to the candidates' NLL difference). Where the networks'
+    two candidates are within the refinement's threshold, each is first refined from the network's
+    estimate as the provenance's Refinement rule says."""
     root, _, _ = dataset
     anat = root / "out" / "sub-01" / "anat"
-    sigma = json.loads((anat / "sub-01_provenance.json").read_text())["Noise"]["Sigma"]
+    provenance = json.loads((anat / "sub-01_provenance.json").read_text())
+    sigma, rule = provenance["Noise"]["Sigma"], provenance["Estimation"]["Details"]["Refinement"]
     echoes = np.stack([_load(p) for p in sorted((root / "bids" / "sub-01" / "anat").glob("*.nii.gz"))], -1)
     mask = maps["mask"]
-    x, sig, _ = normalise(echoes[mask].astype(np.float64), sigma, torch.device("cpu"))
+    signals = echoes[mask].astype(np.float64)
+    x, sig, scale = normalise(signals, sigma, torch.device("cpu"))
     candidates = {}
     for kind in ("water", "fat"):
         saved = torch.load(anat / f"sub-01_desc-{kind}_weights.pt", weights_only=True)
@@ -140,7 +146,13 @@ def test_saved_weights_reproduce_the_maps(dataset, maps):
         model = PhysicsAutoencoder(acquisition, (saved["kind"],), torch.Generator().manual_seed(0))
         model.load_state_dict(saved["state_dict"])
         assert saved["kind"] == kind
-        candidates[kind] = predict(model, x, sig)[0]  # S0 normalised; only PDFF is compared
+        candidates[kind] = predict(model, x, sig, scale.numpy())[0]
+    close = np.abs(candidates["fat"]["nll"] - candidates["water"]["nll"]) < rule["BelowNats"]
+    assert close.mean() == pytest.approx(rule["RefinedShare"])
+    for kind, candidate in candidates.items():
+        start = tuple(candidate[k][close] for k in ("s0", "pdff", "r2star_s"))
+        refined = refine_voxels(signals[close], acquisition, PDFF_RANGES[kind], sigma, start)
+        candidate["pdff"][close], candidate["nll"][close] = refined.pdff, refined.loss
     llr = _load(anat / "sub-01_LLRmap.nii.gz")[mask]
     likelier_fat = candidates["fat"]["nll"] < candidates["water"]["nll"]
     chose_fat = np.where(llr >= 0, likelier_fat, ~likelier_fat)

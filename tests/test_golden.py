@@ -72,6 +72,7 @@ def _comparable(provenance: dict, root: str) -> dict:
             network["Seconds"] = None
         if estimation.get("Choice"):
             estimation["Choice"]["Details"].pop("Seconds", None)
+        estimation.get("Details", {}).get("Refinement", {}).pop("Seconds", None)
     return _relocated(record_, root)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-from ..config import CHOICES, DEFAULT_TRAINING, DEVICES, METHODS, TRAINING_PRESETS, Config
+from ..config import CHOICES, DEFAULT_TRAINING, DEVICES, METHODS, REFINEMENTS, TRAINING_PRESETS, Config
 from ..errors import UnknownLevelError, UsageError
 from ..physics.fat_spectrum import PRESETS
 from ..resources import DEFAULT_WORKING_BYTES, format_bytes, parse_memory
@@ -214,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "that weighs each voxel's likelihoods against its neighbours' PDFF (real tissue is "
                           "piecewise smooth); voxel = the paper's per-voxel likelihood choice "
                           f"(default: {_DEFAULTS.choice})")
+    est.add_argument("--refine", choices=REFINEMENTS, default=_DEFAULTS.refine,
+                     help="for the trained methods (ssl, supervised): ambiguous = where a voxel's water and fat "
+                          "candidates are within a few nats of each other, take each to its side's maximum "
+                          "likelihood by the fit's Levenberg-Marquardt steps from the network's estimate, so that "
+                          "the data and not the networks' approximation error decide the side; none = the "
+                          f"networks' own candidates, as in the paper (default: {_DEFAULTS.refine})")
 
     def rate(value: float) -> str:
         return f"{value:g}"
@@ -339,7 +345,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
         session_labels=tuple(args.session_label or ()),
         bids_filter_file=args.bids_filter_file, field_strength_t=args.field_strength,
         fat_spectrum=args.fat_spectrum, sigma=args.sigma, mask_file=args.mask,
-        methods=tuple(dict.fromkeys(args.method)), choice=args.choice,
+        methods=tuple(dict.fromkeys(args.method)), choice=args.choice, refine=args.refine,
         roi_datasets=tuple(p.resolve() for p in args.roi_dataset or ()),
         write_candidates=args.write_candidates,
         training=training, random_seed=args.random_seed, device=args.device, nprocs=args.nprocs, mem_bytes=args.mem,

@@ -121,9 +121,7 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     # grid starts every voxel in its basin (checked on the in silico grid, the clinical benchmark
     # and the real scans: the same answers).
     coarse = None if sigma is None else _Grid(model, pdff_range, COARSE_PDFF_POINTS, COARSE_R2STAR_POINTS)
-    lower, upper = torch.tensor([[0.0, pdff_range[0], 0.0], [float("inf"), pdff_range[1], R2STAR_MAX_S]],
-                                dtype=torch.float64, device=device)[..., None]
-    problem = _Problem(model, _Loss(None if sigma is None else float(sigma)), lower, upper, iterations)
+    problem = _Problem.bounded(model, _Loss(None if sigma is None else float(sigma)), pdff_range, iterations)
     data = torch.as_tensor(np.asarray(signals, dtype=np.float64), device=device)
     n = data.shape[0]
     # Starts i and n + i are voxel i's two; a second start equal to the first is not run (loss inf).
@@ -160,6 +158,33 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     return FitResult(theta[0], theta[1], theta[2], value, fitted)
 
 
+def refine_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float], sigma: float,
+                  start: tuple[np.ndarray, np.ndarray, np.ndarray], iterations: int = LM_ITERATIONS,
+                  device: torch.device = torch.device("cpu")) -> FitResult:
+    """The Rician fit of magnitudes `signals` (N, n_echoes) from one given start per voxel, `start` =
+    (S0 in image units, PDFF, R2* in 1/s), each (N,), with PDFF kept in `pdff_range`: the local
+    maximum of the likelihood nearest the start (the start itself where no step improves on it)."""
+    model = MagnitudeJacobian(acquisition, device)
+    problem = _Problem.bounded(model, _Loss(float(sigma)), pdff_range, iterations)
+    data = torch.as_tensor(np.asarray(signals, dtype=np.float64), device=device)
+    n = data.shape[0]
+    theta = torch.as_tensor(np.stack([np.asarray(a, dtype=np.float64) for a in start]), device=device)
+    theta = theta.clamp(problem.lower, problem.upper)
+    value = torch.empty((n,), dtype=torch.float64, device=device)
+    for sl in chunk_slices(n, chunk_voxels(8 * (16 * data.shape[1] + 32), _POOL)):
+        index = torch.arange(sl.start, sl.stop, device=device)
+        starts = _Starts.new(index, data[sl].T.contiguous(), theta[:, sl].contiguous(), problem)
+        while starts.index.numel():
+            done = starts.step(problem)
+            finished = starts.select(done)
+            theta.index_copy_(1, finished.index, finished.theta)
+            value.index_copy_(0, finished.index, finished.value)
+            starts = starts.select(~done)
+    fitted = model.evaluate(theta, jacobian=False)[0].T.contiguous()
+    theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
+    return FitResult(theta[0], theta[1], theta[2], value, fitted)
+
+
 @dataclass
 class _Problem:
     """What the starts of one fit share."""
@@ -169,6 +194,14 @@ class _Problem:
     lower: torch.Tensor  # (3, 1)
     upper: torch.Tensor
     iterations: int
+
+    @classmethod
+    def bounded(cls, model: MagnitudeJacobian, loss: _Loss, pdff_range: tuple[float, float],
+                iterations: int) -> _Problem:
+        """S0 >= 0, PDFF in `pdff_range`, R2* in [0, R2STAR_MAX_S]."""
+        lower, upper = torch.tensor([[0.0, pdff_range[0], 0.0], [float("inf"), pdff_range[1], R2STAR_MAX_S]],
+                                    dtype=torch.float64, device=model.a.device)[..., None]
+        return cls(model, loss, lower, upper, iterations)
 
 
 def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

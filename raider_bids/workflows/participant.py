@@ -21,6 +21,7 @@ from ..config import Config
 from ..errors import InputDataError, OutputError, RaiderError, ResourceError
 from ..estimators import Estimates, Estimator, get_estimator, resolve_device
 from ..estimators.base import ProgressCallbackFactory
+from ..estimators.refinement import refine_ambiguous
 from ..physics.cramer_rao import cramer_rao_sd
 from ..physics.fat_spectrum import load_fat_spectrum
 from ..physics.identifiability import assess
@@ -187,6 +188,15 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
                                   progress=progress)
         seconds = time.perf_counter() - t
         timings["EstimationSeconds"] = timings.get("EstimationSeconds", 0.0) + seconds
+        if config.refine == "ambiguous" and estimates.training is not None and set(estimates.candidates) == {
+                "water", "fat"}:
+            t = time.perf_counter()
+            estimates = refine_ambiguous(estimates, signals, acquisition, noise.sigma, device)
+            timings["RefinementSeconds"] = timings.get("RefinementSeconds", 0.0) + time.perf_counter() - t
+            refinement = estimates.details["Refinement"]
+            log.info("%s: %s: %.1f%% of voxels refined to their sides' maximum likelihood (|LLR| < %g nats), "
+                     "%.1f%% changed side", run.name, estimator.name, 100 * refinement["RefinedShare"],
+                     refinement["BelowNats"], 100 * refinement["ChangedSideShare"])
         t = time.perf_counter()
         estimates, sides = _choose_sides(config.choice, estimates, mask, voxel_size, signals, noise.sigma)
         timings["ChoiceSeconds"] = timings.get("ChoiceSeconds", 0.0) + time.perf_counter() - t

@@ -21,7 +21,8 @@ from ..provenance import Provenance
 
 # How the result options (config.RESULT_OPTIONS) are spelt on the command line, for the messages.
 _FLAGS = {"field_strength_t": "--field-strength", "fat_spectrum": "--fat-spectrum", "sigma": "--sigma",
-          "mask_file": "--mask", "choice": "--choice", "write_candidates": "--write-candidates",
+          "mask_file": "--mask", "choice": "--choice", "refine": "--refine",
+          "write_candidates": "--write-candidates",
           "random_seed": "--random-seed", "training": "training"}
 NEW, SKIP, ADD, REDO, REFUSE = "new", "skip", "add", "redo", "refuse"
 
