@@ -143,7 +143,8 @@ def main() -> None:
           f"{', '.join(f'{1e3 * x:.1f}' for x in per_voxel)}) on {len(sample)} voxels, extrapolated to "
           f"{fit_voxels:,} foreground voxels: {baseline:,.0f} s = {baseline / fit_wall:,.0f}x the end-to-end "
           f"--method fit, {baseline / fit_estimation:,.0f}x its estimation")
-    print(f"  same water/fat side as --method fit: {100 * np.mean((answers >= PDFF_BOUNDARY) == (ours >= PDFF_BOUNDARY)):.1f}%, "
+    same_side = np.mean((answers >= PDFF_BOUNDARY) == (ours >= PDFF_BOUNDARY))
+    print(f"  same water/fat side as --method fit: {100 * same_side:.1f}%, "
           f"median |PDFF difference| {np.median(np.abs(answers - ours)):.4f}")
 
 

@@ -594,7 +594,7 @@ def test_lookup_table_beside_the_image_wins(simple, tmp_path):
 
 QC_COLUMNS = ["participant_id", "session_id", "run", "source", "method", "choice_mode", "identifiability",
               "flagged", "median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
-              "reason", "advice"]
+              "refined_share", "reason", "advice"]
 QC_NUMBERS = {"median_snr": "MedianSNR", "unresolved_share": "UnresolvedShare", "median_gap_nats": "MedianGapNats"}
 
 
@@ -638,6 +638,7 @@ def test_qc_table_has_one_row_per_run_from_its_provenance(qc):
         for column, key in QC_NUMBERS.items():
             assert float(row[column]) == pytest.approx(record[key]), column
         assert float(row["ambiguous_share"]) == pytest.approx(0.123)
+        assert row["refined_share"] == "n/a"  # the fit trains nothing, so nothing is refined
     reliable, flagged = rows
     assert reliable["flagged"] == "false" and reliable["reason"] == reliable["advice"] == "n/a"
     assert reliable["choice_mode"] == "spatial" and float(reliable["changed_share"]) == pytest.approx(0.0456)
@@ -652,7 +653,8 @@ def test_qc_data_dictionary_describes_every_column(qc):
     assert set(dictionary) == set(QC_COLUMNS), sorted(set(dictionary) ^ set(QC_COLUMNS))
     for column, entry in dictionary.items():
         assert isinstance(entry.get("Description"), str) and entry["Description"].strip(), column
-    for column in ("median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share"):
+    for column in ("median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
+                   "refined_share"):
         assert dictionary[column].get("Units"), column
     for row in read_qc(qc["out"]):  # every categorical value written is a documented level
         for column in ("method", "choice_mode", "identifiability", "flagged"):
@@ -677,7 +679,8 @@ def test_a_run_written_before_the_check_is_not_flagged(simple, tmp_path):
     assert code == 0, err
     old = next(r for r in read_qc(out) if r["source"] == "sub-01")
     assert old["flagged"] == "false"
-    for column in ("identifiability", "choice_mode", *QC_NUMBERS, "ambiguous_share", "changed_share", "reason"):
+    for column in ("identifiability", "choice_mode", *QC_NUMBERS, "ambiguous_share", "changed_share", "refined_share",
+                   "reason"):
         assert old[column] == "n/a", column
     section = quality_section(out)
     assert "not checked" in section and "unreliable" not in section.replace("No run flagged", "")

@@ -138,3 +138,13 @@ def test_refine_none_gives_the_networks_own_candidates_and_the_default_refines_o
         refined, own = maps["ambiguous"][name][mask], maps["none"][name][mask]
         assert np.array_equal(refined[far], own[far]), name
         assert not np.array_equal(refined[~far], own[~far]), name
+    # The group level's QC table and both reports give the share refined (n/a without refinement).
+    for refine, expected in (("ambiguous", f"{share}"), ("none", "n/a")):
+        out = tmp_path / refine
+        assert main([str(tmp_path / "bids"), str(out), "group"]) == 0
+        header, row = (line.split("\t") for line in (out / "group_qc.tsv").read_text().splitlines())
+        cell = dict(zip(header, row))["refined_share"]
+        assert cell == "n/a" if expected == "n/a" else float(cell) == pytest.approx(share)
+        page = (out / "sub-01.html").read_text()
+        assert "Refined to the side" in page
+        assert (f"{100 * share:.1f}%" in page) == (refine == "ambiguous")

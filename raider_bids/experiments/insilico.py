@@ -187,7 +187,8 @@ def run_experiment(directory: Path, repetitions: int = 100, seeds: Sequence[int]
         slug = label.split(" (")[0].replace(" ", "-")
         write_table(directory / f"insilico_{slug}.tsv", stats)
     keys = [k for k in next(iter(results.values())) if k != "derivatives"]
-    lines = ["\t".join(["method", *keys])] + ["\t".join([m, *(f"{r[k]:.6g}" for k in keys)]) for m, r in results.items()]
+    lines = ["\t".join(["method", *keys])] + ["\t".join([m, *(f"{r[k]:.6g}" for k in keys)])
+                                               for m, r in results.items()]
     (directory / "insilico_summary.tsv").write_text("\n".join(lines) + "\n")
     (directory / "insilico_summary.json").write_text(json.dumps(
         {"repetitions": repetitions, "snr": SNR, "echo_times_s": ECHO_TIMES_S, "methods": results}, indent=2))

@@ -8,7 +8,7 @@ are None (n/a in the table) and they are never flagged. Torch-free; knows no est
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..bids_io.derivatives import RunOutputs
@@ -20,7 +20,7 @@ from .roistats import RUN_DICTIONARY
 QC_TABLE = "group_qc"
 QC_COLUMNS = ["participant_id", "session_id", "run", "source", "method", "choice_mode", "identifiability",
               "flagged", "median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
-              "reason", "advice"]
+              "refined_share", "reason", "advice"]
 _NOT_CHECKED = "n/a where the run's provenance predates the identifiability check (schema < 3)"
 QC_DICTIONARY: dict[str, dict[str, Any]] = {
     **RUN_DICTIONARY,
@@ -63,6 +63,12 @@ QC_DICTIONARY: dict[str, dict[str, Any]] = {
                       "Description": "share of the foreground mask whose side the spatial choice changed from "
                                      "the per-voxel choice (0 for the voxel choice); n/a as for choice_mode",
                       "Units": "fraction (0-1)"},
+    "refined_share": {"LongName": "Refined share",
+                      "Description": "share of the foreground mask where the primary method's network candidates "
+                                     "were refined to their side's maximum likelihood before the choice "
+                                     "(--refine ambiguous: both sides within a few nats); n/a for a method "
+                                     "that trains nothing, with --refine none, or for runs made before it",
+                      "Units": "fraction (0-1)"},
     "reason": {"LongName": "Reason", "Description": "why the separation is unreliable (echo count, spacing, "
                                                     "field); n/a when reliable or not checked"},
     "advice": {"LongName": "Advice", "Description": "what would make it reliable; n/a when reliable or not "
@@ -79,6 +85,7 @@ class RunQuality:
     entities: dict[str, str]
     identifiability: IdentifiabilityRecord | None
     choices: dict[str, ChoiceRecord | None]  # method -> its choice, the primary first
+    refined: dict[str, float | None] = field(default_factory=dict)  # method -> share refined (--refine)
 
     @property
     def flagged(self) -> bool:
@@ -102,6 +109,7 @@ class RunQuality:
                 "median_gap_nats": check.median_gap_nats if check else None,
                 "ambiguous_share": choice.ambiguous_share if choice else None,
                 "changed_share": choice.changed_share if choice else None,
+                "refined_share": self.refined.get(self.primary),
                 "reason": _one_line(check.reason) if check else None,
                 "advice": _one_line(check.advice) if check else None}
 
@@ -117,7 +125,9 @@ def run_quality(run: RunOutputs) -> RunQuality:
         raise ValueError(f"{run.name}: no provenance, so no quality record")
     prov = run.provenance
     return RunQuality(run.name, dict(run.entities), prov.identifiability,
-                      {name: method.choice for name, method in prov.methods.items()})
+                      {name: method.choice for name, method in prov.methods.items()},
+                      {name: method.details.get("Refinement", {}).get("RefinedShare")
+                       for name, method in prov.methods.items()})
 
 
 def flagged_first(records: list[RunQuality]) -> list[RunQuality]:
