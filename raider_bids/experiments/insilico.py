@@ -68,9 +68,12 @@ def write_grid_dataset(root: Path, repetitions: int, seed: int = 0) -> Path:
 def app_arguments(bids_dir: Path, out_dir: Path, mask: Path, method: str, seed: int,
                   extra: Sequence[str] = ()) -> list[str]:
     """The participant-level command line of one method. The grid has no spatial structure (its
-    neighbours are unrelated signals), so each voxel's side is chosen on its own (--choice voxel)."""
+    neighbours are unrelated signals), so each voxel's side is chosen on its own (--choice voxel);
+    the networks' candidates are their own (--refine none), so the experiment measures the paper's
+    networks, not the app's refinement of them towards the fit."""
     args = [str(bids_dir), str(out_dir), "participant", "--participant-label", SUBJECT, "--sigma", repr(SIGMA),
-            "--mask", str(mask), "--method", method, "--random-seed", str(seed), "--choice", "voxel", *extra]
+            "--mask", str(mask), "--method", method, "--random-seed", str(seed), "--choice", "voxel",
+            "--refine", "none", *extra]
     return args + (["--write-candidates"] if method in ("ssl", "supervised") else [])
 
 
