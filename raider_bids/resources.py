@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 _UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 DEFAULT_WORKING_BYTES = 256 * 2**20  # per chunked computation, when --mem is not given
@@ -93,6 +95,41 @@ def chunk_voxels(bytes_per_voxel: int, largest: int) -> int:
     """How many voxels a chunked computation takes at once: what fits the working memory, at most
     `largest` (beyond which chunks no longer get faster), at least 256."""
     return max(256, min(largest, _working_bytes // max(1, bytes_per_voxel)))
+
+
+T = TypeVar("T")
+
+
+def map_chunks(fn: Callable[[slice], T], n_items: int, bytes_per_item: int, largest: int,
+               parallel: bool = True) -> list[T]:
+    """`fn` on consecutive slices covering range(n_items), results in order, on as many Python
+    threads as torch's thread count, each op on one intra-op thread.
+
+    An op split over intra-op threads waits at the end for every thread: beside a busy process the
+    one that lost its core holds up every op (1.5 M voxels' Cramer-Rao bounds: 3.2-3.8 s on two
+    threads against 0.3 s alone). Here a worker that loses its core delays only its own chunks
+    (0.55 s beside a busy process, 0.34-0.41 s alone). Each chunk runs on one thread, so its bits
+    do not depend on the load. The chunks share the working memory (their size is set by it and
+    the worker count), and `fn` writing disjoint slices of one output is safe. `parallel` False:
+    one chunk after the other (a GPU's ops are queued on one stream anyway)."""
+    import torch  # this module is torch-free for the command line's --help
+
+    workers = torch.get_num_threads() if parallel else 1
+    slices = list(chunk_slices(n_items, chunk_voxels(bytes_per_item * workers, largest)))
+    if workers == 1 or len(slices) < 2:
+        return [fn(sl) for sl in slices]
+    grad = torch.is_grad_enabled()  # thread-local in torch: carried into the workers
+
+    def run(sl: slice) -> T:
+        with torch.set_grad_enabled(grad):
+            return fn(sl)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(workers, len(slices))) as pool:
+            return list(pool.map(run, slices))
+    finally:
+        torch.set_num_threads(workers)
 
 
 def chunk_slices(n_items: int, chunk_size: int) -> Iterator[slice]:

@@ -97,7 +97,9 @@ def test_maps_and_weights_are_the_recorded_ones(made, call):
         # maps moved by up to 5e-6 and 1.5e-5 (the side probability) of the array's largest value
         # between two machines, so the tolerance is 1e-3 of that value. A changed default or model,
         # or one voxel on its other side (PDFF 0.1 or more away), moves them by far more.
-        scale = float(np.abs(expected).max()) if expected.size else 0.0
+        # The fit trains nothing (float64 throughout): its maps keep the last-bit tolerance.
+        fit = call == "user-inputs" or "desc-fit_" in key
+        scale = float(np.abs(expected).max()) if expected.size and not fit else 0.0
         np.testing.assert_allclose(arrays[key], expected, rtol=1e-6, atol=max(1e-7, 1e-3 * scale), err_msg=key)
 
 

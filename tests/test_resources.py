@@ -117,3 +117,42 @@ def test_available_cpus_follows_affinity_and_cgroup_quota(tmp_path, monkeypatch,
     assert resources.available_cpus() == min(affinity, expected or affinity)
     monkeypatch.setattr(resources, "_CGROUP_QUOTAS", ((str(tmp_path / "absent"), None),))
     assert resources.available_cpus() == affinity
+
+
+def test_map_chunks_runs_every_chunk_in_order_on_worker_threads_with_one_intra_op_thread():
+    """Results in the slices' order, each equal to the same computation on one thread (so the bits
+    cannot depend on the worker count), torch's thread count and grad mode as the caller's."""
+    import threading
+    import time
+
+    from raider_bids.physics.cramer_rao import cramer_rao_sd
+    from raider_bids.physics.fat_spectrum import load_fat_spectrum
+    from raider_bids.physics.signal_model import Acquisition
+
+    acquisition = Acquisition(tuple(1.15e-3 * k for k in range(1, 7)), 3.0, load_fat_spectrum("hernando"))
+    rng = np.random.default_rng(0)
+    n = 200_000  # several of the bound's chunks
+    s0, pdff, r2 = rng.uniform(50, 150, n), rng.uniform(0, 1, n), rng.uniform(0, 300, n)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cramer_rao_sd(acquisition, s0, pdff, r2, 1.0)
+        torch.set_num_threads(2)
+        seen = []
+
+        def probe(sl: slice):
+            seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
+            time.sleep(0.01)  # long enough for the second worker to take a chunk
+            return sl.start
+
+        with torch.no_grad():
+            starts = resources.map_chunks(probe, n, 4096, 10_000)
+        assert starts == list(range(0, n, 10_000))
+        assert {threads for _, threads, _ in seen} == {1} and not any(grad for *_, grad in seen)
+        assert len({ident for ident, *_ in seen}) == 2  # two workers, not the caller alone
+        assert torch.get_num_threads() == 2
+        two = cramer_rao_sd(acquisition, s0, pdff, r2, 1.0)
+        for key in one:  # the chunks are the same here: the working memory holds two of 65,536 voxels
+            assert np.array_equal(one[key], two[key]), key
+    finally:
+        torch.set_num_threads(before)

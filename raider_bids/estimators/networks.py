@@ -18,7 +18,7 @@ import torch
 
 from ..physics.signal_model import Acquisition, SignalModel
 from ..physics.transforms import nonnegative, pdff_transform
-from ..resources import chunk_slices, chunk_voxels
+from ..resources import map_chunks
 
 T = TypeVar("T")
 
@@ -34,9 +34,9 @@ def evaluate_in_chunks(model: "PhysicsAutoencoder", n_voxels: int, evaluate: Cal
     """`evaluate` on consecutive slices of range(n_voxels), without gradients, sized so that each
     chunk's activations (a few dozen float32 per voxel, network and echo) fit the working memory:
     the one inference loop of every network."""
-    size = chunk_voxels(64 * len(model.kinds) * model.weights[0].shape[1], _EVAL_CHUNK)
     with torch.no_grad():
-        return [evaluate(sl) for sl in chunk_slices(n_voxels, size)]
+        return map_chunks(evaluate, n_voxels, 64 * len(model.kinds) * model.weights[0].shape[1], _EVAL_CHUNK,
+                          parallel=model.weights[0].device.type == "cpu")
 
 
 class PhysicsAutoencoder(torch.nn.Module):

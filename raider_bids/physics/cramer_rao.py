@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from ..resources import chunk_slices, chunk_voxels
+from ..resources import map_chunks
 from .parameters import R2STAR_MAX_S
 from .signal_model import Acquisition
 from .solver import MagnitudeJacobian
@@ -113,8 +113,8 @@ def cramer_rao_sd(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray, r2
     model = MagnitudeJacobian(acquisition, torch.device("cpu"))
     theta_all = torch.from_numpy(np.stack([s0, pdff, r2star_s]))
     outputs = {k: torch.from_numpy(v) for k, v in out.items()}
-    # Per voxel: J (3E), A, the weights and their products with J (5E), F and its scalars (~24).
-    for sl in chunk_slices(n, chunk_voxels(8 * (9 * acquisition.n_echoes + 24), _CHUNK)):
+
+    def bound(sl: slice) -> None:
         theta = theta_all[:, sl]
         finite = theta.isfinite().all(dim=0)
         theta = torch.where(finite, theta, 0.0)  # S0 = 0: no information, reported at the caps
@@ -133,6 +133,9 @@ def cramer_rao_sd(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray, r2
             variance = cofactor / (det * information)
             sd = torch.where(exists & (variance >= 0), variance, torch.inf).sqrt_().clamp_max_(cap)
             outputs[key][sl] = sd
+
+    # Per voxel: J (3E), A, the weights and their products with J (5E), F and its scalars (~24).
+    map_chunks(bound, n, 8 * (9 * acquisition.n_echoes + 24), _CHUNK)
     return out
 
 
