@@ -145,11 +145,7 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
         starts = _Starts.cat(pool) if pool else None
         if starts is None or starts.index.numel() == 0:
             break
-        done = starts.step(problem)
-        finished = starts.select(done)
-        theta.index_copy_(1, finished.index, finished.theta)
-        value.index_copy_(0, finished.index, finished.value)
-        pool = [starts.select(~done)]
+        pool = [starts.advance(problem, theta, value)]
     keep_first = value[:n] <= value[n:]
     theta = torch.where(keep_first, theta[:, :n], theta[:, n:])
     value = torch.minimum(value[:n], value[n:])
@@ -175,11 +171,7 @@ def refine_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tup
         index = torch.arange(sl.start, sl.stop, device=device)
         starts = _Starts.new(index, data[sl].T.contiguous(), theta[:, sl].contiguous(), problem)
         while starts.index.numel():
-            done = starts.step(problem)
-            finished = starts.select(done)
-            theta.index_copy_(1, finished.index, finished.theta)
-            value.index_copy_(0, finished.index, finished.value)
-            starts = starts.select(~done)
+            starts = starts.advance(problem, theta, value)
     fitted = model.evaluate(theta, jacobian=False)[0].T.contiguous()
     theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
     return FitResult(theta[0], theta[1], theta[2], value, fitted)
@@ -323,6 +315,15 @@ class _Starts:
         self.steps += 1
         predicted = self.plan(problem)
         return converged | (predicted <= tolerance) | (self.damping >= 1e9) | (self.steps >= problem.iterations)
+
+    def advance(self, problem: _Problem, theta: torch.Tensor, value: torch.Tensor) -> _Starts:
+        """One step; the finished starts' parameters and losses written into theta (3, N) and value
+        (N,) at their `index`; returns the starts still running."""
+        done = self.step(problem)
+        finished = self.select(done)
+        theta.index_copy_(1, finished.index, finished.theta)
+        value.index_copy_(0, finished.index, finished.value)
+        return self.select(~done)
 
     def plan(self, problem: _Problem) -> torch.Tensor:
         """Set the increment solving (J'J + damping diag(J'J)) d = J' residual over the free parameters
