@@ -295,11 +295,14 @@ def test_run_py_subprocess_exit_code(bids, tmp_path):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], {"batch_size": 1024, "learning_rate": 1e-2, "steps_per_epoch": 100, "max_epochs": 80}),
+    ([], {"batch_size": 1024, "learning_rate": 1e-2, "steps_per_epoch": 100, "max_epochs": 80,
+          "budget_passes": 6.0, "min_epochs": 30}),
     (["--training", "paper"], {"batch_size": 128, "learning_rate": 1e-3, "steps_per_epoch": None,
                                "max_epochs": 1000, "final_lr_fraction": None}),
     (["--training", "paper", "--batch-size", "256"], {"batch_size": 256, "learning_rate": 1e-3}),
-    (["--max-epochs", "7", "--patience", "3"], {"batch_size": 1024, "max_epochs": 7, "patience": 3}),
+    # an explicit --max-epochs is the budget, whatever the number of voxels
+    (["--max-epochs", "7", "--patience", "3"], {"batch_size": 1024, "max_epochs": 7, "patience": 3,
+                                                "budget_passes": None}),
 ])
 def test_training_presets_and_overrides(tmp_path, argv, expected):
     full = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", *argv]

@@ -85,7 +85,8 @@ def test_readme_states_the_presets():
         "batch_size": r"batch ([\d,]+)", "learning_rate": r"learning rate ([\d.e-]+)",
         "steps_per_epoch": r"an epoch = ([\d,]+) random mini-batches", "max_epochs": r"at most ([\d,]+) epochs",
         "max_validation_voxels": r"validation on at most ([\d,]+) voxels",
-        "final_lr_fraction": r"to ([\d.]+) %"}.items()}
+        "final_lr_fraction": r"to ([\d.]+) %", "budget_passes": r"draw each training voxel ([\d.]+) times",
+        "min_epochs": r"at least ([\d,]+) epochs"}.items()}
     found["final_lr_fraction"] /= 100
     assert found == {k: getattr(fast, k) for k in found}
     assert _number(re.search(r"batch ([\d,]+)", paper_text).group(1)) == paper.batch_size

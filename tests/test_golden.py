@@ -20,7 +20,11 @@ array did. Each network's record then gained StepThreads (training steps per thr
 array changed. Re-recorded at issue 17 for the fast preset's learning rate (1e-2, was 5e-3): the
 trained networks' outputs changed on purpose, the fit's arrays did not. Since then the trained
 outputs are compared to a tolerance that other CPUs' float32 kernels need (see below): CI on
-another machine had moved the training losses by 2e-6 of their value."""
+another machine had moved the training losses by 2e-6 of their value. Re-recorded at issue 17 for
+the training budget that follows the number of voxels (two new training settings, the stop reason
+says "its budget"): no array changed (the calls give --max-epochs, which fixes the budget). Then
+for the refinement of voxels whose losing candidate is within a step's reach of the winner: the
+trained methods' arrays changed on purpose, the fit's did not."""
 
 from __future__ import annotations
 

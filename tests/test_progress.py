@@ -120,7 +120,7 @@ def test_without_a_terminal_only_the_first_and_every_tenth_epoch_is_info(logged)
 
 
 def test_the_last_epoch_has_no_time_left(logged):
-    _train(EpochReporter("sub-01", interactive=False), 20, max_epochs=20, stop_reason="reached --max-epochs 20")
+    _train(EpochReporter("sub-01", interactive=False), 20, max_epochs=20, stop_reason="reached its budget of 20 epochs")
     assert logged.lines()[-2] == "sub-01: ssl: epoch 20/20, 21 s elapsed; validation loss water 1.5, fat 2.5"
 
 
@@ -138,12 +138,12 @@ def test_networks_that_stopped_apart_say_so_each(logged):
     reporter = EpochReporter("sub-01", interactive=False)
     records = (NetworkRecord("water", 0, epochs=20, stop_reason="no better validation loss for 10 epochs",
                              seconds=20.0),
-               NetworkRecord("fat", 0, epochs=34, stop_reason="reached --max-epochs 34", seconds=34.5))
+               NetworkRecord("fat", 0, epochs=34, stop_reason="reached its budget of 34 epochs", seconds=34.5))
     reporter(TrainingProgress(34, 34, 10, 34.5, {"fat": 1.0}, records, finished=True, method="supervised"))
     assert logged.lines() == [
         "sub-01: supervised: the water and fat networks trained together: 34 epochs in 34 s (water stopped "
         "after epoch 20: no better validation loss for 10 epochs; fat stopped after epoch 34: reached "
-        "--max-epochs 34)"]
+        "its budget of 34 epochs)"]
 
 
 def test_a_single_network_is_not_trained_together(logged):
@@ -213,7 +213,7 @@ def test_a_short_real_training_logs_epoch_1_of_m(logged, method):
     assert info[1].startswith(f"sub-01_MEGRE: {method}: epoch 1/3, ") and " left; validation loss water " in info[1]
     seconds = max(r.seconds for r in estimates.networks)
     assert info[2] == (f"sub-01_MEGRE: {method}: the water and fat networks trained together: 3 epochs in "
-                       f"{format_duration(seconds)} (stopped: reached --max-epochs 3)")
+                       f"{format_duration(seconds)} (stopped: reached its budget of 3 epochs)")
     assert len(info) == 3
 
 

@@ -15,7 +15,8 @@ from raider_bids.estimators.networks import PhysicsAutoencoder, normalise
 from raider_bids.estimators import self_supervised
 from raider_bids.estimators.self_supervised import SNR_WEIGHT_FLOOR, snr_weights
 from raider_bids.estimators import get_estimator, training
-from raider_bids.estimators.training import autograd_gradient, early_stopping, split_indices, validation_size
+from raider_bids.estimators.training import (autograd_gradient, early_stopping, epoch_budget, split_indices,
+                                             validation_size)
 from raider_bids.physics.fat_spectrum import PRESETS
 from raider_bids.physics.signal_model import Acquisition
 from raider_bids.physics.simulation import simulate_magnitude
@@ -59,7 +60,7 @@ def test_each_network_stops_on_its_own_validation_loss():
     assert water.stop_reason == "no better validation loss for 3 epochs"
     assert water.validation_loss == WATER[1:6] and len(water.train_loss) == 5
     assert (fat.epochs, fat.best_epoch, fat.best_validation_loss) == (10, 10, 1.0)
-    assert fat.stop_reason == "reached --max-epochs 10"
+    assert fat.stop_reason == "reached its budget of 10 epochs"
     assert fat.validation_loss == FAT[1:] and water.loss == fat.loss == "test loss"
 
 
@@ -98,6 +99,38 @@ def test_training_stops_when_every_network_has_stopped():
                                                          (100, 0.99, None, 99), (10**6, 0.1, 20000, 20000)])
 def test_validation_size(n, fraction, cap, expected):
     assert validation_size(n, fraction, cap) == expected
+
+
+@pytest.mark.parametrize("n_train, expected", [
+    (500, 30),  # a batch is every voxel: the floor
+    (58_000, 30),  # a 256 x 256 slice: 6 draws need 4 epochs of 100 x 1,024; the floor
+    (1_000_000, 59),  # 6e6 draws / 102,400 a epoch = 58.6
+    (1_360_000, 80),  # the clinical-size volume: 79.7 epochs
+    (5_000_000, 80),  # the cap
+])
+def test_the_fast_budget_draws_each_voxel_six_times_within_its_bounds(n_train, expected):
+    assert epoch_budget(TRAINING_PRESETS["fast"], n_train) == expected
+
+
+def test_the_paper_and_an_explicit_budget_do_not_follow_the_voxels():
+    assert epoch_budget(TRAINING_PRESETS["paper"], 10**6) == epoch_budget(TRAINING_PRESETS["paper"], 100) == 1000
+    fixed = dataclasses.replace(TRAINING_PRESETS["fast"], max_epochs=7, budget_passes=None)
+    assert epoch_budget(fixed, 10**6) == epoch_budget(fixed, 100) == 7
+
+
+def test_a_small_run_trains_and_anneals_over_its_own_budget():
+    """A 2,000-voxel run trains the fast preset's floor of epochs, records that budget, and its
+    learning rate ends annealed over it (not over the preset's 80 epochs)."""
+    acquisition = Acquisition((1.15e-3 * np.arange(1, 7)).tolist(), 3.0, PRESETS["hernando"])
+    rng = np.random.default_rng(0)
+    signals = simulate_magnitude(acquisition, np.full(2000, 100.0), rng.uniform(0, 1, 2000),
+                                 rng.uniform(20, 200, 2000), 2.0, rng)
+    settings = dataclasses.replace(TRAINING_PRESETS["fast"], min_epochs=3, patience=100)
+    trained = self_supervised.train_networks(signals, acquisition, 2.0, ("water", "fat"), 0, torch.device("cpu"),
+                                             settings, None)
+    assert trained.settings.max_epochs == 3 and all(h.epochs == 3 for h in trained.histories)
+    fast = TRAINING_PRESETS["fast"]
+    assert training.learning_rate(trained.settings, 300) == pytest.approx(fast.learning_rate * fast.final_lr_fraction)
 
 
 def test_split_is_a_seeded_partition():

@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default: {_DEFAULTS.choice})")
     est.add_argument("--refine", choices=REFINEMENTS, default=_DEFAULTS.refine,
                      help="for the trained methods (ssl, supervised): ambiguous = where a voxel's water and fat "
-                          "candidates are within a few nats of each other, take each to its side's maximum "
+                          "candidates are within a few nats of each other, or the losing one is far enough above "
+                          "its side's maximum that it might win, take each to its side's maximum "
                           "likelihood by the fit's Levenberg-Marquardt steps from the network's estimate, so that "
                           "the data and not the networks' approximation error decide the side; none = the "
                           f"networks' own candidates, as in the paper (default: {_DEFAULTS.refine})")
@@ -238,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         if settings.nll_snr_power is None:
             return "every voxel's NLL counts alike"
         return f"each voxel's NLL weighted by SNR^-{settings.nll_snr_power:g}"
+
+    def budget(settings) -> str:
+        if settings.budget_passes is None:
+            return ""
+        return (f"; fast: fewer for fewer voxels, enough to draw each training voxel {settings.budget_passes:g} "
+                f"times, at least {settings.min_epochs}")
 
     def validation(settings) -> str:
         if settings.max_validation_voxels is None:
@@ -266,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs without a better validation loss before training stops "
                             f"(default: {_presets_say('patience')})")
     train.add_argument("--max-epochs", type=_positive_int, metavar="EPOCHS",
-                       help=f"most training epochs (default: {_presets_say('max_epochs')})")
+                       help="most training epochs; given, it is the budget whatever the number of voxels "
+                            f"(default: {_presets_say('max_epochs')}{budget(fast)})")
     train.add_argument("--validation-fraction", type=_fraction, metavar="FRACTION",
                        help="share of the foreground voxels held out for early stopping, between 0 and 1 "
                             f"(default: {_presets_say('validation_fraction')})")
@@ -336,6 +344,8 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
     check_labels("--session-label", args.session_label or [], "ses-")
     overrides = {k: getattr(args, k) for k in ("learning_rate", "batch_size", "patience", "max_epochs",
                                                "validation_fraction") if getattr(args, k) is not None}
+    if args.max_epochs is not None:  # the user's budget, whatever the number of voxels
+        overrides["budget_passes"] = None
     training = dataclasses.replace(TRAINING_PRESETS[args.training], **overrides)
     return Config(
         bids_dir=args.bids_dir.resolve(), output_dir=args.output_dir.resolve(),

@@ -139,7 +139,7 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_gradient: Batc
     start = time.perf_counter()
     device = next(model.parameters()).device
     for h in histories:
-        h.stop_reason = f"reached --max-epochs {settings.max_epochs}"
+        h.stop_reason = f"reached its budget of {settings.max_epochs} epochs"
 
     def tell(epoch: int, elapsed_s: float, finished: bool = False) -> None:
         if progress is not None:  # the losses of the networks that trained this epoch (all before the first)
@@ -188,6 +188,16 @@ def early_stopping(model: PhysicsAutoencoder, n_train: int, batch_gradient: Batc
     # run from the joint start to that network's last epoch)
     tell(max(h.epochs for h in histories), max(h.seconds for h in histories), finished=True)
     return histories
+
+
+def epoch_budget(settings: TrainingSettings, n_train: int) -> int:
+    """The most epochs for n_train training voxels: max_epochs, or with `budget_passes` (and
+    steps_per_epoch) the epochs that draw each voxel that many times on average, within
+    [min_epochs, max_epochs]."""
+    if settings.budget_passes is None or settings.steps_per_epoch is None:
+        return settings.max_epochs
+    per_epoch = settings.steps_per_epoch * min(settings.batch_size, n_train)
+    return min(settings.max_epochs, max(settings.min_epochs, math.ceil(settings.budget_passes * n_train / per_epoch)))
 
 
 def learning_rate(settings: TrainingSettings, step: int) -> float:

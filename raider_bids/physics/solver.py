@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from ..resources import chunk_slices, chunk_voxels
+from ..resources import chunk_slices, chunk_voxels, map_chunks
 from .likelihood import rician_nll_echo_major
 from .parameters import PDFF_BOUNDARY, R2STAR_MAX_S
 from .signal_model import Acquisition, SignalModel, least_squares_s0
@@ -160,21 +160,47 @@ def refine_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tup
     """The Rician fit of magnitudes `signals` (N, n_echoes) from one given start per voxel, `start` =
     (S0 in image units, PDFF, R2* in 1/s), each (N,), with PDFF kept in `pdff_range`: the local
     maximum of the likelihood nearest the start (the start itself where no step improves on it)."""
-    model = MagnitudeJacobian(acquisition, device)
-    problem = _Problem.bounded(model, _Loss(float(sigma)), pdff_range, iterations)
-    data = torch.as_tensor(np.asarray(signals, dtype=np.float64), device=device)
-    n = data.shape[0]
-    theta = torch.as_tensor(np.stack([np.asarray(a, dtype=np.float64) for a in start]), device=device)
-    theta = theta.clamp(problem.lower, problem.upper)
-    value = torch.empty((n,), dtype=torch.float64, device=device)
-    for sl in chunk_slices(n, chunk_voxels(8 * (16 * data.shape[1] + 32), _POOL)):
-        index = torch.arange(sl.start, sl.stop, device=device)
-        starts = _Starts.new(index, data[sl].T.contiguous(), theta[:, sl].contiguous(), problem)
+    model, problem, data, theta = _from_starts(signals, acquisition, pdff_range, sigma, start, iterations, device)
+    value = torch.empty((data.shape[0],), dtype=torch.float64, device=device)
+
+    def run(sl: slice) -> None:  # chunks write disjoint columns of theta and value
+        part_theta, part_value = theta[:, sl], value[sl]
+        index = torch.arange(sl.stop - sl.start, device=device)
+        starts = _Starts.new(index, data[sl].T.contiguous(), part_theta.contiguous(), problem)
         while starts.index.numel():
-            starts = starts.advance(problem, theta, value)
+            starts = starts.advance(problem, part_theta, part_value)
+
+    map_chunks(run, data.shape[0], 8 * (16 * data.shape[1] + 32), _POOL, parallel=device.type == "cpu")
     fitted = model.evaluate(theta, jacobian=False)[0].T.contiguous()
     theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
     return FitResult(theta[0], theta[1], theta[2], value, fitted)
+
+
+def gauss_newton_gain(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float], sigma: float,
+                      start: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """How far (nats) below the Rician NLL at `start` (as in refine_voxels) the Gauss-Newton model
+    puts the first Levenberg-Marquardt step of refine_voxels, per voxel (N,): about zero at a local
+    maximum of the likelihood, large where the start is far from one."""
+    _, problem, data, theta = _from_starts(signals, acquisition, pdff_range, sigma, start, 1, device)
+    gain = torch.empty((data.shape[0],), dtype=torch.float64, device=device)
+
+    def run(sl: slice) -> None:
+        index = torch.arange(sl.stop - sl.start, device=device)
+        gain[sl] = _Starts.planned(index, data[sl].T.contiguous(), theta[:, sl].contiguous(), problem)[1]
+
+    map_chunks(run, data.shape[0], 8 * (16 * data.shape[1] + 32), _POOL, parallel=device.type == "cpu")
+    return gain.cpu().numpy()
+
+
+def _from_starts(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float], sigma: float,
+                 start: tuple[np.ndarray, np.ndarray, np.ndarray], iterations: int, device: torch.device):
+    """The model, the bounded Rician problem, the data (N, E) and the starts (3, N) clamped to the bounds."""
+    model = MagnitudeJacobian(acquisition, device)
+    problem = _Problem.bounded(model, _Loss(float(sigma)), pdff_range, iterations)
+    data = torch.as_tensor(np.asarray(signals, dtype=np.float64), device=device)
+    theta = torch.as_tensor(np.stack([np.asarray(a, dtype=np.float64) for a in start]), device=device)
+    return model, problem, data, theta.clamp(problem.lower, problem.upper)
 
 
 @dataclass
@@ -283,11 +309,17 @@ class _Starts:
 
     @classmethod
     def new(cls, index: torch.Tensor, m: torch.Tensor, theta: torch.Tensor, problem: _Problem) -> _Starts:
+        return cls.planned(index, m, theta, problem)[0]
+
+    @classmethod
+    def planned(cls, index: torch.Tensor, m: torch.Tensor, theta: torch.Tensor,
+                problem: _Problem) -> tuple[_Starts, torch.Tensor]:
+        """New starts with their first step planned, and the loss gain the Gauss-Newton model
+        predicts for that step."""
         value, residual = problem.loss(m, problem.model.evaluate(theta, jacobian=False)[0])
         starts = cls(index, m, theta, residual, value, torch.full_like(value, 1e-3), torch.zeros_like(index),
                      torch.empty_like(theta))
-        starts.plan(problem)
-        return starts
+        return starts, starts.plan(problem)
 
     @staticmethod
     def cat(batches: list[_Starts]) -> _Starts:

@@ -194,9 +194,10 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
             estimates = refine_ambiguous(estimates, signals, acquisition, noise.sigma, device)
             timings["RefinementSeconds"] = timings.get("RefinementSeconds", 0.0) + time.perf_counter() - t
             refinement = estimates.details["Refinement"]
-            log.info("%s: %s: %.1f%% of voxels refined to their sides' maximum likelihood (|LLR| < %g nats), "
-                     "%.1f%% changed side", run.name, estimator.name, 100 * refinement["RefinedShare"],
-                     refinement["BelowNats"], 100 * refinement["ChangedSideShare"])
+            log.info("%s: %s: %.1f%% of voxels refined to their sides' maximum likelihood (|LLR| < %g nats, or "
+                     "the losing candidate within reach of the winner: %.1f%%), %.1f%% changed side", run.name,
+                     estimator.name, 100 * refinement["RefinedShare"], refinement["BelowNats"],
+                     100 * refinement["LosingSideShare"], 100 * refinement["ChangedSideShare"])
         t = time.perf_counter()
         estimates, sides = _choose_sides(config.choice, estimates, mask, voxel_size, signals, noise.sigma)
         timings["ChoiceSeconds"] = timings.get("ChoiceSeconds", 0.0) + time.perf_counter() - t
