@@ -37,6 +37,7 @@ RICIAN_RERANK = 8  # grid points re-scored with the Rician loss
 RICIAN_SNR = 10.0  # below this many sigma at some echo, the grid is ranked by the Rician loss
 _GRID_CHUNK = 2048  # at most, voxels scored on the grid at once
 _POOL = 32768  # at most, starts iterated at once: large calls for torch's threads, small enough for the cache
+_BLOCK = 262144  # at most, voxels of fit_voxels fitted together on one thread
 
 
 @dataclass
@@ -123,6 +124,26 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     coarse = None if sigma is None else _Grid(model, pdff_range, COARSE_PDFF_POINTS, COARSE_R2STAR_POINTS)
     problem = _Problem.bounded(model, _Loss(None if sigma is None else float(sigma)), pdff_range, iterations)
     data = torch.as_tensor(np.asarray(signals, dtype=np.float64), device=device)
+    n, n_echoes = data.shape
+    theta = torch.empty((3, n), dtype=torch.float64, device=device)
+    value = torch.empty((n,), dtype=torch.float64, device=device)
+    fitted = torch.empty((n, n_echoes), dtype=torch.float64, device=device)
+
+    def run(sl: slice) -> None:  # blocks write disjoint parts of theta, value and fitted
+        theta[:, sl], value[sl], fitted[sl] = _fit_block(data[sl], grid, coarse, problem, sigma)
+
+    # Blocks on Python threads, each op on one intra-op thread: beside a busy process an op split
+    # over threads waits for the one that lost its core (resources.map_chunks). Each voxel's
+    # answer depends on its own starts only, so not on the blocks.
+    map_chunks(run, n, 8 * (8 + 3 * n_echoes), _BLOCK, parallel=device.type == "cpu")
+    theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
+    return FitResult(theta[0], theta[1], theta[2], value, fitted)
+
+
+def _fit_block(data: torch.Tensor, grid: _Grid, coarse: _Grid | None, problem: _Problem,
+               sigma: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fit_voxels on the voxels `data` (n, E): parameters (3, n), losses (n,), fitted signals (n, E)."""
+    device = data.device
     n = data.shape[0]
     # Starts i and n + i are voxel i's two; a second start equal to the first is not run (loss inf).
     theta = torch.zeros((3, 2 * n), dtype=torch.float64, device=device)
@@ -149,9 +170,7 @@ def fit_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[
     keep_first = value[:n] <= value[n:]
     theta = torch.where(keep_first, theta[:, :n], theta[:, n:])
     value = torch.minimum(value[:n], value[n:])
-    fitted = model.evaluate(theta, jacobian=False)[0].T.contiguous()
-    theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
-    return FitResult(theta[0], theta[1], theta[2], value, fitted)
+    return theta, value, problem.model.evaluate(theta, jacobian=False)[0].T
 
 
 def refine_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float], sigma: float,
