@@ -13,6 +13,7 @@ its first step brings it within AMBIGUOUS_BELOW_NATS of the winner (networks tra
 budget, at a hard protocol: 8.5 % swaps on the liver-derived phantom without this, 4.3 % with it,
 the fit's 4.3 %). Elsewhere the candidates are the networks' own.
 """
+
 from __future__ import annotations
 
 import time
