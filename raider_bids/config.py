@@ -105,8 +105,8 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available
 CHOICES = ("spatial", "voxel")
 DEFAULT_CHOICE = "spatial"
 # Whether trained networks' water and fat candidates are refined to their side's maximum likelihood
-# where the two are close, before the choice (estimators.refinement): "ambiguous", or "none" (the
-# networks' own candidates, as in the paper).
+# where the side is not settled (close, or the loser within a step's reach of the winner), before the
+# choice (estimators.refinement): "ambiguous", or "none" (the networks' own candidates, as in the paper).
 REFINEMENTS = ("ambiguous", "none")
 DEFAULT_REFINEMENT = "ambiguous"
 

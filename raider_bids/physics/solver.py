@@ -148,10 +148,9 @@ def _fit_block(data: torch.Tensor, grid: _Grid, coarse: _Grid | None, problem: _
     # Starts i and n + i are voxel i's two; a second start equal to the first is not run (loss inf).
     theta = torch.zeros((3, 2 * n), dtype=torch.float64, device=device)
     value = torch.full((2 * n,), float("inf"), dtype=torch.float64, device=device)
-    # Working memory: a grid chunk holds a few (voxels, grid points) float32 scores, a start a few
-    # dozen float64 (echoes,) columns.
+    # Working memory: a grid chunk holds a few (voxels, grid points) float32 scores.
     chunks = chunk_slices(n, chunk_voxels(12 * grid.pdff.numel(), _GRID_CHUNK))
-    pool_size = chunk_voxels(8 * (16 * data.shape[1] + 32), _POOL)
+    pool_size = chunk_voxels(_start_bytes(data.shape[1]), _POOL)
     pool = []  # batches of starts, concatenated before each step
     while True:
         while sum(b.index.numel() for b in pool) < pool_size and (sl := next(chunks, None)) is not None:
@@ -189,7 +188,7 @@ def refine_voxels(signals: np.ndarray, acquisition: Acquisition, pdff_range: tup
         while starts.index.numel():
             starts = starts.advance(problem, part_theta, part_value)
 
-    map_chunks(run, data.shape[0], 8 * (16 * data.shape[1] + 32), _POOL, parallel=device.type == "cpu")
+    map_chunks(run, data.shape[0], _start_bytes(data.shape[1]), _POOL, parallel=device.type == "cpu")
     fitted = model.evaluate(theta, jacobian=False)[0].T.contiguous()
     theta, value, fitted = (t.cpu().numpy() for t in (theta, value, fitted))
     return FitResult(theta[0], theta[1], theta[2], value, fitted)
@@ -208,8 +207,13 @@ def gauss_newton_gain(signals: np.ndarray, acquisition: Acquisition, pdff_range:
         index = torch.arange(sl.stop - sl.start, device=device)
         gain[sl] = _Starts.planned(index, data[sl].T.contiguous(), theta[:, sl].contiguous(), problem)[1]
 
-    map_chunks(run, data.shape[0], 8 * (16 * data.shape[1] + 32), _POOL, parallel=device.type == "cpu")
+    map_chunks(run, data.shape[0], _start_bytes(data.shape[1]), _POOL, parallel=device.type == "cpu")
     return gain.cpu().numpy()
+
+
+def _start_bytes(n_echoes: int) -> int:
+    """Working memory of one Levenberg-Marquardt start: a few dozen float64 (echoes,) columns."""
+    return 8 * (16 * n_echoes + 32)
 
 
 def _from_starts(signals: np.ndarray, acquisition: Acquisition, pdff_range: tuple[float, float], sigma: float,

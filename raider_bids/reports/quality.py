@@ -66,7 +66,8 @@ QC_DICTIONARY: dict[str, dict[str, Any]] = {
     "refined_share": {"LongName": "Refined share",
                       "Description": "share of the foreground mask where the primary method's network candidates "
                                      "were refined to their side's maximum likelihood before the choice "
-                                     "(--refine ambiguous: both sides within a few nats); n/a for a method "
+                                     "(--refine ambiguous: both sides within a few nats, or the losing one within a "
+                                     "step's reach of the winner); n/a for a method "
                                      "that trains nothing, with --refine none, or for runs made before it",
                       "Units": "fraction (0-1)"},
     "reason": {"LongName": "Reason", "Description": "why the separation is unreliable (echo count, spacing, "
