@@ -296,7 +296,7 @@ def test_run_py_subprocess_exit_code(bids, tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     ([], {"batch_size": 1024, "learning_rate": 1e-2, "steps_per_epoch": 100, "max_epochs": 80,
-          "budget_passes": 6.0, "min_epochs": 30}),
+          "budget_passes": 6.0, "min_epochs": 25}),
     (["--training", "paper"], {"batch_size": 128, "learning_rate": 1e-3, "steps_per_epoch": None,
                                "max_epochs": 1000, "final_lr_fraction": None}),
     (["--training", "paper", "--batch-size", "256"], {"batch_size": 256, "learning_rate": 1e-3}),

@@ -24,7 +24,10 @@ another machine had moved the training losses by 2e-6 of their value. Re-recorde
 the training budget that follows the number of voxels (two new training settings, the stop reason
 says "its budget"): no array changed (the calls give --max-epochs, which fixes the budget). Then
 for the refinement of voxels whose losing candidate is within a step's reach of the winner: the
-trained methods' arrays changed on purpose, the fit's did not."""
+trained methods' arrays changed on purpose, the fit's did not. Re-recorded at issue 17 (stop 29) for
+the float32 Bessel series that stops at float32's precision and the fast floor of 25 epochs (in the
+provenance's settings): the networks' weights moved by at most 7e-7 and their maps by at most
+1.2e-4 (nats, 1/s); the fit's arrays did not change."""
 
 from __future__ import annotations
 

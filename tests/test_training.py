@@ -102,8 +102,8 @@ def test_validation_size(n, fraction, cap, expected):
 
 
 @pytest.mark.parametrize("n_train, expected", [
-    (500, 30),  # a batch is every voxel: the floor
-    (58_000, 30),  # a 256 x 256 slice: 6 draws need 4 epochs of 100 x 1,024; the floor
+    (500, 25),  # a batch is every voxel: the floor
+    (58_000, 25),  # a 256 x 256 slice: 6 draws need 4 epochs of 100 x 1,024; the floor
     (1_000_000, 59),  # 6e6 draws / 102,400 a epoch = 58.6
     (1_360_000, 80),  # the clinical-size volume: 79.7 epochs
     (5_000_000, 80),  # the cap

@@ -17,8 +17,11 @@ import torch
 # Predicted magnitudes are kept this far above zero (relative to sigma): i0e's autograd is wrong at
 # exactly z = 0, and the true gradient there is finite.
 MIN_PREDICTED = 1e-6
-_ASYMPTOTIC_Z = 40.0  # Bessel arguments from which the asymptotic series is used
-_SERIES_TERMS = 12  # enough from _ASYMPTOTIC_Z on
+_SERIES_TERMS = 12  # at most: enough from z = 40 on in float64
+# Per dtype of the arguments: the z from which the asymptotic series is used, and the error at
+# which it stops, a quarter of the dtype's unit in the last place. float64 (the fit's) needs 12
+# terms from z = 40; float32 (the networks' training and validation) 6 from z = 15, 4 from z = 40.
+_ASYMPTOTIC = {torch.float64: (40.0, 5e-17), torch.float32: (15.0, 3e-8)}
 
 
 def rician_log_likelihood(measured: torch.Tensor, predicted: torch.Tensor, sigma: torch.Tensor | float,
@@ -82,19 +85,21 @@ def log_i0e_and_ratio(z: torch.Tensor, ratio: bool = True) -> tuple[torch.Tensor
     """log(i0e(z)) and, if `ratio`, I1(z) / I0(z), for z >= 0 of shape (E, ...).
 
     torch's i0e and i1e sum a Chebyshev series element by element (~50 ns each, one thread);
-    from z = 40 the asymptotic series is exact to 1e-16 in a few vectorised passes, with fewer
-    terms the larger the smallest argument, so only the few smaller arguments go through torch."""
-    z_min = float(z.min()) if z.numel() else _ASYMPTOTIC_Z
-    large = z.clamp_min(_ASYMPTOTIC_Z)
+    from z = 40 (15 in float32) the asymptotic series is exact to z's precision in a few vectorised
+    passes, with fewer terms the larger the smallest argument, so only the few smaller arguments go
+    through torch."""
+    threshold, tolerance = _ASYMPTOTIC.get(z.dtype, _ASYMPTOTIC[torch.float64])
+    z_min = float(z.min()) if z.numel() else threshold
+    large = z.clamp_min(threshold)
     u = (8 * large).reciprocal_()
-    u_max = 1 / (8 * max(z_min, _ASYMPTOTIC_Z))
-    terms = next((k for k in range(1, _SERIES_TERMS) if _NEXT_TERM[k] * u_max ** (k + 1) < 5e-17), _SERIES_TERMS)
+    u_max = 1 / (8 * max(z_min, threshold))
+    terms = next((k for k in range(1, _SERIES_TERMS) if _NEXT_TERM[k] * u_max ** (k + 1) < tolerance), _SERIES_TERMS)
     p0 = _horner(u, _I0_SERIES[:terms + 1])
     log_i0e = (p0 * p0).div_(2 * math.pi * large).log_().mul_(0.5)
     i1_over_i0 = _horner(u, _I1_SERIES[:terms + 1]).div_(p0) if ratio else None
-    if not z_min >= _ASYMPTOTIC_Z:  # (or NaN) redo the columns (all echoes of a start or candidate) needing it
+    if not z_min >= threshold:  # (or NaN) redo the columns (all echoes of a start or candidate) needing it
         z = z.reshape(z.shape[0], -1)
-        columns = (z.amin(dim=0) < _ASYMPTOTIC_Z).nonzero()[:, 0]
+        columns = (z.amin(dim=0) < threshold).nonzero()[:, 0]
         small = z.gather(1, columns.expand(z.shape[0], -1))  # gather: faster than indexing here
         i0e = torch.special.i0e(small)
         log_i0e.view_as(z).index_copy_(1, columns, i0e.log())
