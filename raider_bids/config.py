@@ -26,6 +26,10 @@ class TrainingSettings:
     # simulated set of fixed size, so their budget is max_epochs.
     budget_passes: float | None
     min_epochs: int
+    # With budget_passes: the learning rate is multiplied by (max_epochs / the run's budget) to this
+    # power, so a short budget takes larger steps (None: the learning rate as given; an explicit
+    # --learning-rate is used as given).
+    budget_lr_power: float | None
     validation_fraction: float  # share of the voxels held out for early stopping
     # None: an epoch is one pass over the training voxels in shuffled mini-batches (the paper).
     # A number: an epoch is that many mini-batches drawn at random, so the work per epoch and the
@@ -55,11 +59,11 @@ class TrainingSettings:
 # (docs/shared-machine.md).
 TRAINING_PRESETS = {
     "paper": TrainingSettings(learning_rate=1e-3, batch_size=128, patience=10, max_epochs=1000,
-                              budget_passes=None, min_epochs=1,
+                              budget_passes=None, min_epochs=1, budget_lr_power=None,
                               validation_fraction=0.1, steps_per_epoch=None, max_validation_voxels=None,
                               final_lr_fraction=None, nll_snr_power=None),
     "fast": TrainingSettings(learning_rate=1e-2, batch_size=1024, patience=10, max_epochs=80,
-                             budget_passes=6.0, min_epochs=25,
+                             budget_passes=6.0, min_epochs=25, budget_lr_power=0.5,
                              validation_fraction=0.1, steps_per_epoch=100, max_validation_voxels=20000,
                              final_lr_fraction=0.01, nll_snr_power=2.0),
 }

@@ -296,7 +296,9 @@ def test_run_py_subprocess_exit_code(bids, tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     ([], {"batch_size": 1024, "learning_rate": 1e-2, "steps_per_epoch": 100, "max_epochs": 80,
-          "budget_passes": 6.0, "min_epochs": 25}),
+          "budget_passes": 6.0, "min_epochs": 25, "budget_lr_power": 0.5}),
+    # an explicit --learning-rate is used as given, whatever the budget
+    (["--learning-rate", "3e-3"], {"learning_rate": 3e-3, "budget_passes": 6.0, "budget_lr_power": None}),
     (["--training", "paper"], {"batch_size": 128, "learning_rate": 1e-3, "steps_per_epoch": None,
                                "max_epochs": 1000, "final_lr_fraction": None}),
     (["--training", "paper", "--batch-size", "256"], {"batch_size": 256, "learning_rate": 1e-3}),

@@ -86,7 +86,8 @@ def test_readme_states_the_presets():
         "steps_per_epoch": r"an epoch = ([\d,]+) random mini-batches", "max_epochs": r"at most ([\d,]+) epochs",
         "max_validation_voxels": r"validation on at most ([\d,]+) voxels",
         "final_lr_fraction": r"to ([\d.]+) %", "budget_passes": r"draw each training voxel ([\d.]+) times",
-        "min_epochs": r"at least ([\d,]+) epochs"}.items()}
+        "min_epochs": r"at least ([\d,]+) epochs",
+        "budget_lr_power": r"the learning rate times \(80 / the run's epochs\)\^([\d.]+)"}.items()}
     found["final_lr_fraction"] /= 100
     assert found == {k: getattr(fast, k) for k in found}
     assert _number(re.search(r"batch ([\d,]+)", paper_text).group(1)) == paper.batch_size

@@ -27,7 +27,9 @@ for the refinement of voxels whose losing candidate is within a step's reach of 
 trained methods' arrays changed on purpose, the fit's did not. Re-recorded at issue 17 (stop 29) for
 the float32 Bessel series that stops at float32's precision and the fast floor of 25 epochs (in the
 provenance's settings): the networks' weights moved by at most 7e-7 and their maps by at most
-1.2e-4 (nats, 1/s); the fit's arrays did not change."""
+1.2e-4 (nats, 1/s); the fit's arrays did not change. Then for the setting that scales the fast
+learning rate up for short budgets (`budget_lr_power`): no array changed (--max-epochs fixes the
+budget, and with it the rate)."""
 
 from __future__ import annotations
 

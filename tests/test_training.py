@@ -5,6 +5,7 @@ stopped, and gets back the weights of its best epoch."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -130,7 +131,25 @@ def test_a_small_run_trains_and_anneals_over_its_own_budget():
                                              settings, None)
     assert trained.settings.max_epochs == 3 and all(h.epochs == 3 for h in trained.histories)
     fast = TRAINING_PRESETS["fast"]
-    assert training.learning_rate(trained.settings, 300) == pytest.approx(fast.learning_rate * fast.final_lr_fraction)
+    start = fast.learning_rate * math.sqrt(80 / 3)  # the short budget's larger steps (power 0.5)
+    assert trained.settings.learning_rate == pytest.approx(start)
+    assert training.learning_rate(trained.settings, 300) == pytest.approx(start * fast.final_lr_fraction)
+
+
+@pytest.mark.parametrize("n_train, epochs, rate", [
+    (58_000, 25, 1e-2 * math.sqrt(80 / 25)),  # a slice: the floor, 1.79e-2
+    (1_000_000, 59, 1e-2 * math.sqrt(80 / 59)),
+    (1_360_000, 80, 1e-2),  # the clinical-size volume: the preset's own rate
+])
+def test_a_short_budget_takes_larger_steps(n_train, epochs, rate):
+    settings = training.for_voxels(TRAINING_PRESETS["fast"], n_train)
+    assert settings.max_epochs == epochs and settings.learning_rate == pytest.approx(rate)
+    # the paper preset, an explicit budget and an explicit rate are used as given
+    assert training.for_voxels(TRAINING_PRESETS["paper"], n_train) == TRAINING_PRESETS["paper"]
+    fixed = dataclasses.replace(TRAINING_PRESETS["fast"], max_epochs=7, budget_passes=None)
+    assert training.for_voxels(fixed, n_train).learning_rate == 1e-2
+    given = dataclasses.replace(TRAINING_PRESETS["fast"], learning_rate=3e-3, budget_lr_power=None)
+    assert training.for_voxels(given, n_train) == dataclasses.replace(given, max_epochs=epochs)
 
 
 def test_split_is_a_seeded_partition():

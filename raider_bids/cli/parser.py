@@ -243,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     def budget(settings) -> str:
         if settings.budget_passes is None:
             return ""
+        power = ("" if settings.budget_lr_power is None else
+                 f", the learning rate times ({settings.max_epochs} / the run's epochs)^{settings.budget_lr_power:g}")
         return (f"; fast: fewer for fewer voxels, enough to draw each training voxel {settings.budget_passes:g} "
-                f"times, at least {settings.min_epochs}")
+                f"times, at least {settings.min_epochs}{power}")
 
     def validation(settings) -> str:
         if settings.max_validation_voxels is None:
@@ -265,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{epoch(fast)}, at most {fast.max_epochs} epochs, {validation(fast)}, "
                             f"{weighting(fast)} (default: {DEFAULT_TRAINING})")
     train.add_argument("--learning-rate", type=_positive_float, metavar="RATE",
-                       help="Adam's learning rate (its start where the preset anneals it) "
+                       help="Adam's learning rate (its start where the preset anneals it; fast scales it up "
+                            "for short budgets, see --max-epochs); given, it is used as given "
                             f"(default: {_presets_say('learning_rate', rate)})")
     train.add_argument("--batch-size", type=_positive_int, metavar="N",
                        help=f"voxels per mini-batch (default: {_presets_say('batch_size')})")
@@ -346,6 +349,8 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Config:
                                                "validation_fraction") if getattr(args, k) is not None}
     if args.max_epochs is not None:  # the user's budget, whatever the number of voxels
         overrides["budget_passes"] = None
+    if args.learning_rate is not None:  # the user's rate, whatever the budget
+        overrides["budget_lr_power"] = None
     training = dataclasses.replace(TRAINING_PRESETS[args.training], **overrides)
     return Config(
         bids_dir=args.bids_dir.resolve(), output_dir=args.output_dir.resolve(),

@@ -4,7 +4,7 @@ single network with PDFF free in [0, 1]."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from ..provenance import DEFAULT_NETWORK_LOSS, NetworkRecord
 from .analytic_gradient import BlockStack
 from .base import Estimates, Estimator, ProgressCallback, choose_by_likelihood
 from .networks import PhysicsAutoencoder, evaluate_in_chunks, normalise
-from .training import early_stopping, epoch_budget, parameter_vector, split_indices
+from .training import early_stopping, for_voxels, parameter_vector, split_indices
 
 
 class _SelfSupervised(Estimator):
@@ -90,8 +90,9 @@ def train_networks(signals: np.ndarray, acquisition: Acquisition, sigma: float, 
     x, sig, scale = normalise(signals, sigma, device)
     train_idx, val_idx = split_indices(x.shape[0], settings.validation_fraction, rng, settings.max_validation_voxels)
     train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
-    # the budget for these voxels (recorded as max_epochs, which the learning rate anneals over)
-    settings = replace(settings, max_epochs=epoch_budget(settings, train_idx.size))
+    # the budget and learning rate for these voxels (recorded as max_epochs, which the learning rate
+    # anneals over, and learning_rate)
+    settings = for_voxels(settings, train_idx.size)
     model = PhysicsAutoencoder(acquisition, kinds, generator).to(device)
     power, n_echoes = settings.nll_snr_power, x.shape[1]
     weight = None if power is None else snr_weights(sig, power)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -198,6 +199,16 @@ def epoch_budget(settings: TrainingSettings, n_train: int) -> int:
         return settings.max_epochs
     per_epoch = settings.steps_per_epoch * min(settings.batch_size, n_train)
     return min(settings.max_epochs, max(settings.min_epochs, math.ceil(settings.budget_passes * n_train / per_epoch)))
+
+
+def for_voxels(settings: TrainingSettings, n_train: int) -> TrainingSettings:
+    """`settings` for a run of n_train training voxels: max_epochs set to its epoch_budget, and
+    with `budget_lr_power` the learning rate scaled by (max_epochs / budget) to that power."""
+    budget = epoch_budget(settings, n_train)
+    rate = settings.learning_rate
+    if settings.budget_passes is not None and settings.budget_lr_power is not None:
+        rate *= (settings.max_epochs / budget) ** settings.budget_lr_power
+    return replace(settings, max_epochs=budget, learning_rate=rate)
 
 
 def learning_rate(settings: TrainingSettings, step: int) -> float:
