@@ -203,10 +203,11 @@ def epoch_budget(settings: TrainingSettings, n_train: int) -> int:
 
 def for_voxels(settings: TrainingSettings, n_train: int) -> TrainingSettings:
     """`settings` for a run of n_train training voxels: max_epochs set to its epoch_budget, and
-    with `budget_lr_power` the learning rate scaled by (max_epochs / budget) to that power."""
+    with `budget_lr_power` the learning rate scaled by (max_epochs / budget) to that power (1
+    where the budget does not follow the voxels)."""
     budget = epoch_budget(settings, n_train)
     rate = settings.learning_rate
-    if settings.budget_passes is not None and settings.budget_lr_power is not None:
+    if settings.budget_lr_power is not None:
         rate *= (settings.max_epochs / budget) ** settings.budget_lr_power
     return replace(settings, max_epochs=budget, learning_rate=rate)
 
