@@ -17,6 +17,11 @@ and the same per tissue for the spatial choice and the tissue oracle. Columns: s
 gross (swapped and more than 0.2 off the true PDFF), border (voxels with a neighbour on the other
 side of 0.58), interior (the rest).
 
+Then the calibration of the spatial choice's side probability (the chosen side's marginal, by
+belief propagation), beside the conditional probability given the neighbours' chosen sides that
+it replaced: per band of probability, the mean probability given and the share of voxels on the
+right side; the Brier score; the expected share of swaps (mean of 1 - p) against the real one.
+
     python benchmarks/water_fat_choice_limits.py [--phantom anatomy] [--protocol hard] [--seed 0]
         [--liver-cache DIR]
 
@@ -77,9 +82,10 @@ def main() -> None:
         zero = np.zeros_like(cost)
         return minimise(water["nll"], fat["nll"], PairTerms(pairs.i, pairs.j, zero, cost, cost, zero)).labels
 
+    spatial = choose_sides("spatial", water, fat, mask, phantom.voxel_size_mm, signals, sigma)
     choices = {
         "voxel": fat["nll"] < water["nll"],
-        "spatial": choose_sides("spatial", water, fat, mask, phantom.voxel_size_mm, signals, sigma).chose_fat,
+        "spatial": spatial.chose_fat,
         "closer candidate": np.abs(fat["pdff"] - truth) < np.abs(water["pdff"] - truth),
         "tissue oracle": cut(same_tissue),
         "tissue oracle x4": cut(same_tissue, 4 * PULL_NATS),
@@ -99,6 +105,32 @@ def main() -> None:
         print(f"{phantom.tissues.get(int(label), str(label)):18s} {sel.sum():7d} {100 * border[sel].mean():8.1f} "
               + " ".join(f"{100 * swapped[k][sel].mean():{w}.1f}"
                          for k, w in (("voxel", 7), ("spatial", 8), ("tissue oracle", 7))))
+
+
+    print("\nside probability of the spatial choice: mean given : share right, per band")
+    right = spatial.chose_fat == true_fat
+    open_pairs = grid_pairs(mask, phantom.voxel_size_mm, signals, sigma,
+                            np.abs(water["nll"] - fat["nll"]) <= PULL_NATS)
+    for name, probability in (("marginal (app)", spatial.side_probability),
+                              ("conditional", _conditional(spatial.chose_fat, water, fat, open_pairs))):
+        bands = []
+        for low, high in ((0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 0.97), (0.97, 0.995)):
+            band = (probability >= low) & (probability < high)
+            bands.append(f"{probability[band].mean():.2f}:{right[band].mean():.2f}" if band.any() else "-")
+        print(f"{name:16s} " + " ".join(bands) + f"  Brier {np.mean((probability - right) ** 2):.4f}  expected swaps "
+              f"{100 * np.mean(1 - probability):.2f} % (real {100 * np.mean(~right):.2f} %)"
+              f"  below 0.5: {np.sum(probability < 0.5)}")
+
+
+def _conditional(chose_fat: np.ndarray, water: dict, fat: dict, pairs) -> np.ndarray:
+    """The probability of the chosen side given the neighbours' chosen sides (the voxel alone
+    flipped): the side probability of the spatial choice before issue 15's stop 30."""
+    cost = np.where(chose_fat, fat["nll"], water["nll"])
+    other = np.where(chose_fat, water["nll"], fat["nll"])
+    flip = np.where(chose_fat[pairs.i] == chose_fat[pairs.j], pairs.e01, -pairs.e01)
+    n = chose_fat.size
+    evidence = other - cost + np.bincount(pairs.i, flip, minlength=n) + np.bincount(pairs.j, flip, minlength=n)
+    return 0.5 * (1 + np.tanh(0.5 * evidence))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ MAPS = {p.suffix: (f"{p.description}; 0 outside the mask", p.units) for p in PAR
                "nats"),
     "SideProbmap": ("Probability that the chosen side (water- or fat-dominant) is right, from the two "
                     "candidates' Rician likelihoods (equal prior odds) and, with the spatial choice, the "
-                    "neighbourhood term given the neighbours' chosen sides; 0 outside the mask",
+                    "neighbourhood term: the chosen side's marginal probability under the choice's energy "
+                    "(loopy belief propagation), below 0.5 where the energy's minimum and the marginal "
+                    "disagree; 0 outside the mask",
                     "probability (0-1)"),
     "PDFFsdmap": ("Cramer-Rao lower bound on the standard deviation of PDFF at the estimate, from the "
                   "Rician Fisher information of the magnitude model (S0, PDFF, R2* unknown); 0 outside "

@@ -37,7 +37,7 @@ UNCERTAINTY_PANELS = ("SideProbmap", "PDFFsdmap", "R2starsdmap")
 # on fixed ranges, the others from one stated rule whose steps most runs share (identical data
 # always give identical ranges). RANGE_RULES states each rule; the pages print it under the figure.
 PDFF_RANGE = (0.0, 1.0)
-SIDE_PROBABILITY_RANGE = (0.5, 1.0)  # 0.5: a coin toss, the least either choice gives
+SIDE_PROBABILITY_RANGE = (0.5, 1.0)  # 0.5: a coin toss; the few voxels below it (spatial choice) show as 0.5
 PDFF_SD_RANGE = (0.0, 2 * UNCERTAIN_PDFF_SD)  # the participant level's warning level mid-scale
 # R2* ends at the first of these (1/s) at or above the DISPLAY_PERCENTILE-th percentile in the mask:
 # ordinary tissue shares 0-250; an iron-loaded liver (500-2000 1/s) is not clipped; the last is the
@@ -62,7 +62,8 @@ RANGE_RULES = {
              "share it)",
     "confidence": f"symmetric about 0, to the {_PERCENTILE} of |LLR|, {_NICE}, at least {AMBIGUOUS_LLR_NATS:g} "
                   "nat (the ambiguity threshold)",
-    "SideProbmap": f"fixed {SIDE_PROBABILITY_RANGE[0]:g} (a coin toss) to {SIDE_PROBABILITY_RANGE[1]:g}",
+    "SideProbmap": f"fixed {SIDE_PROBABILITY_RANGE[0]:g} (a coin toss, or below it where the spatial choice "
+                   f"goes against its marginal) to {SIDE_PROBABILITY_RANGE[1]:g}",
     "PDFFsdmap": f"fixed {PDFF_SD_RANGE[0]:g} to {PDFF_SD_RANGE[1]:g} (the participant level warns above "
                  f"{UNCERTAIN_PDFF_SD:g})",
     "R2starsdmap": f"0 to the {_PERCENTILE}, {_NICE}",
