@@ -80,14 +80,17 @@ class ChoiceRecord:
     ambiguous_share: float  # share of the mask whose candidates' log-likelihoods differ by < 1 nat
     changed_share: float  # share of the mask whose side the spatial choice changed (0 for "voxel")
     details: dict[str, Any] = field(default_factory=dict)  # the rule and its numbers
+    # mean over the mask of 1 - the side probability; None in records made before it
+    expected_wrong_share: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"Mode": self.mode, "AmbiguousShare": self.ambiguous_share, "ChangedShare": self.changed_share,
-                "Details": self.details}
+                "ExpectedWrongShare": self.expected_wrong_share, "Details": self.details}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ChoiceRecord:
-        return cls(d["Mode"], d["AmbiguousShare"], d["ChangedShare"], dict(d.get("Details", {})))
+        return cls(d["Mode"], d["AmbiguousShare"], d["ChangedShare"], dict(d.get("Details", {})),
+                   d.get("ExpectedWrongShare"))
 
 
 @dataclass

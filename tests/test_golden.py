@@ -33,7 +33,8 @@ budget, and with it the rate). Re-recorded at issue 15 for the spatial side prob
 chosen side's marginal by belief propagation (new keys in the choice's details, a new sidecar
 Description): the user-inputs call's SideProbmap changed (15 % of its voxels, by at most 0.089);
 the all-methods call's SideProbmaps by float32 rounding only (at most 6e-8: no pair is formed there,
-the belief is the LLR in float32); every other array is bit for bit as before."""
+the belief is the LLR in float32); every other array is bit for bit as before. Then
+for the choice's new `ExpectedWrongShare` in the provenance: no array changed."""
 
 from __future__ import annotations
 

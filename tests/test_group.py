@@ -594,7 +594,7 @@ def test_lookup_table_beside_the_image_wins(simple, tmp_path):
 
 QC_COLUMNS = ["participant_id", "session_id", "run", "source", "method", "choice_mode", "identifiability",
               "flagged", "median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
-              "refined_share", "reason", "advice"]
+              "expected_wrong_share", "refined_share", "reason", "advice"]
 QC_NUMBERS = {"median_snr": "MedianSNR", "unresolved_share": "UnresolvedShare", "median_gap_nats": "MedianGapNats"}
 
 
@@ -621,7 +621,9 @@ def qc(simple, tmp_path_factory):
 
     out = copy_participant_outputs(simple["template"], tmp_path_factory.mktemp("qc") / "out")
     set_quality(out, "01", RELIABLE, SPATIAL, uncertainty=True)
-    set_quality(out, "02", UNRELIABLE, {**SPATIAL, "Mode": "voxel", "ChangedShare": 0.0}, uncertainty=True)
+    # sub-02's record predates the expected wrong-side share
+    before = {k: v for k, v in SPATIAL.items() if k != "ExpectedWrongShare"}
+    set_quality(out, "02", UNRELIABLE, {**before, "Mode": "voxel", "ChangedShare": 0.0}, uncertainty=True)
     code, err = run_main(simple["bids"], out, "group")
     return {"out": out, "code": code, "err": err, "records": {"sub-01": RELIABLE, "sub-02": UNRELIABLE}}
 
@@ -642,6 +644,8 @@ def test_qc_table_has_one_row_per_run_from_its_provenance(qc):
     reliable, flagged = rows
     assert reliable["flagged"] == "false" and reliable["reason"] == reliable["advice"] == "n/a"
     assert reliable["choice_mode"] == "spatial" and float(reliable["changed_share"]) == pytest.approx(0.0456)
+    assert float(reliable["expected_wrong_share"]) == pytest.approx(0.0789)
+    assert flagged["expected_wrong_share"] == "n/a"
     assert flagged["flagged"] == "true" and flagged["reason"] == qc["records"]["sub-02"]["Reason"]
     assert flagged["advice"] == qc["records"]["sub-02"]["Advice"]
     assert flagged["choice_mode"] == "voxel" and float(flagged["changed_share"]) == 0
@@ -654,7 +658,7 @@ def test_qc_data_dictionary_describes_every_column(qc):
     for column, entry in dictionary.items():
         assert isinstance(entry.get("Description"), str) and entry["Description"].strip(), column
     for column in ("median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
-                   "refined_share"):
+                   "expected_wrong_share", "refined_share"):
         assert dictionary[column].get("Units"), column
     for row in read_qc(qc["out"]):  # every categorical value written is a documented level
         for column in ("method", "choice_mode", "identifiability", "flagged"):
@@ -679,8 +683,8 @@ def test_a_run_written_before_the_check_is_not_flagged(simple, tmp_path):
     assert code == 0, err
     old = next(r for r in read_qc(out) if r["source"] == "sub-01")
     assert old["flagged"] == "false"
-    for column in ("identifiability", "choice_mode", *QC_NUMBERS, "ambiguous_share", "changed_share", "refined_share",
-                   "reason"):
+    for column in ("identifiability", "choice_mode", *QC_NUMBERS, "ambiguous_share", "changed_share",
+                   "expected_wrong_share", "refined_share", "reason"):
         assert old[column] == "n/a", column
     section = quality_section(out)
     assert "not checked" in section and "unreliable" not in section.replace("No run flagged", "")

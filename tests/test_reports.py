@@ -143,7 +143,8 @@ UNRELIABLE = {"Verdict": "unreliable", "MedianSNR": 7.25, "UnresolvedShare": 0.6
               "Advice": "acquire at least six echoes spaced by about 1.2 ms", "Details": {}}
 RELIABLE = {"Verdict": "reliable", "MedianSNR": 61.5, "UnresolvedShare": 0.0, "MedianGapNats": 42.0,
             "Reason": "", "Advice": "", "Details": {}}
-SPATIAL = {"Mode": "spatial", "AmbiguousShare": 0.123, "ChangedShare": 0.0456, "Details": {}}
+SPATIAL = {"Mode": "spatial", "AmbiguousShare": 0.123, "ChangedShare": 0.0456, "ExpectedWrongShare": 0.0789,
+           "Details": {}}
 
 
 def set_quality(out: Path, subject: str, identifiability: dict | None, choice: dict | None,

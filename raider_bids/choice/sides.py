@@ -64,6 +64,11 @@ class SideChoice:
     changed_share: float  # share whose side differs from the per-voxel choice
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def expected_wrong_share(self) -> float:
+        """The share of voxels expected on the wrong side: the mean of 1 - side_probability."""
+        return float(np.mean(1 - self.side_probability)) if self.side_probability.size else 0.0
+
 
 def choose_sides(mode: str, water: dict[str, np.ndarray], fat: dict[str, np.ndarray], mask: np.ndarray,
                  voxel_size_mm: tuple[float, float, float], signals: np.ndarray, sigma: float) -> SideChoice:

@@ -201,12 +201,14 @@ def _quality_table(quality: RunQuality, schema_version: int) -> str:
     for method, choice in quality.choices.items():
         if choice is None:
             mode = "one candidate" if schema_version >= 3 else "not recorded (provenance before schema 3)"
-            choices.append(([html.escape(method), mode, "n/a", "n/a", "n/a"], False))
+            choices.append(([html.escape(method), mode, "n/a", "n/a", "n/a", "n/a"], False))
         else:
             choices.append(([html.escape(method), html.escape(choice.mode), _share(choice.ambiguous_share),
-                             _share(choice.changed_share), _share(quality.refined.get(method))], False))
+                             _share(choice.changed_share), _share(choice.expected_wrong_share),
+                             _share(quality.refined.get(method))], False))
     header = ["Method", "Water/fat choice", f"Ambiguous (|LLR| < {AMBIGUOUS_LLR_NATS:g} nat)",
-              "Changed by the spatial choice", "Refined to the side's maximum likelihood"]
+              "Changed by the spatial choice", "Expected on the wrong side (from the side probability)",
+              "Refined to the side's maximum likelihood"]
     return "<h3>Quality control</h3>" + _table(rows) + _grid(header, choices)
 
 
@@ -339,10 +341,11 @@ def _quality_section(dataset: DerivativesDataset, quality: list[RunQuality], qc_
                       f"<strong>{verdict}</strong>" if q.flagged else verdict,
                       "n/a" if row["median_snr"] is None else f"{row['median_snr']:.3g}",
                       _share(row["unresolved_share"]), _share(row["ambiguous_share"]),
-                      _share(row["changed_share"]), _share(row["refined_share"]), why or "n/a"], q.flagged))
+                      _share(row["changed_share"]), _share(row["expected_wrong_share"]), _share(row["refined_share"]),
+                      why or "n/a"], q.flagged))
     header = ["Run", "Method", "Choice", "Identifiability", "Median SNR", "Tissue range unresolved",
-              f"Ambiguous (|LLR| < {AMBIGUOUS_LLR_NATS:g} nat)", "Changed by the spatial choice", "Refined",
-              "Reason, advice"]
+              f"Ambiguous (|LLR| < {AMBIGUOUS_LLR_NATS:g} nat)", "Changed by the spatial choice",
+              "Expected on the wrong side", "Refined", "Reason, advice"]
     return f"<h2 id=\"quality\">Quality control</h2>{summary}" + _grid(header, rows)
 
 

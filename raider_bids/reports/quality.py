@@ -20,7 +20,7 @@ from .roistats import RUN_DICTIONARY
 QC_TABLE = "group_qc"
 QC_COLUMNS = ["participant_id", "session_id", "run", "source", "method", "choice_mode", "identifiability",
               "flagged", "median_snr", "unresolved_share", "median_gap_nats", "ambiguous_share", "changed_share",
-              "refined_share", "reason", "advice"]
+              "expected_wrong_share", "refined_share", "reason", "advice"]
 _NOT_CHECKED = "n/a where the run's provenance predates the identifiability check (schema < 3)"
 QC_DICTIONARY: dict[str, dict[str, Any]] = {
     **RUN_DICTIONARY,
@@ -63,6 +63,12 @@ QC_DICTIONARY: dict[str, dict[str, Any]] = {
                       "Description": "share of the foreground mask whose side the spatial choice changed from "
                                      "the per-voxel choice (0 for the voxel choice); n/a as for choice_mode",
                       "Units": "fraction (0-1)"},
+    "expected_wrong_share": {"LongName": "Expected wrong-side share",
+                             "Description": "share of the foreground mask expected on the wrong side (water or "
+                                            "fat): the mean of 1 - the side probability map; calibrated on "
+                                            "simulated data, and on the side of doubt; n/a for runs made before "
+                                            "it or as for choice_mode",
+                             "Units": "fraction (0-1)"},
     "refined_share": {"LongName": "Refined share",
                       "Description": "share of the foreground mask where the primary method's network candidates "
                                      "were refined to their side's maximum likelihood before the choice "
@@ -110,6 +116,7 @@ class RunQuality:
                 "median_gap_nats": check.median_gap_nats if check else None,
                 "ambiguous_share": choice.ambiguous_share if choice else None,
                 "changed_share": choice.changed_share if choice else None,
+                "expected_wrong_share": choice.expected_wrong_share if choice else None,
                 "refined_share": self.refined.get(self.primary),
                 "reason": _one_line(check.reason) if check else None,
                 "advice": _one_line(check.advice) if check else None}

@@ -209,10 +209,11 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
         records[estimator.name] = estimation_record(estimator, estimates, seconds)
         if sides is not None:
             records[estimator.name].choice = ChoiceRecord(sides.mode, sides.ambiguous_share, sides.changed_share,
-                                                          sides.details)
-            log.info("%s: %s: %.1f%% of voxels ambiguous (|LLR| < 1 nat)%s", run.name, estimator.name,
-                     100 * sides.ambiguous_share, f", {100 * sides.changed_share:.1f}% changed side by the "
-                     "spatial choice" if sides.mode == "spatial" else "")
+                                                          sides.details, round(sides.expected_wrong_share, 6))
+            log.info("%s: %s: %.1f%% of voxels ambiguous (|LLR| < 1 nat)%s, about %.1f%% expected on the wrong "
+                     "side", run.name, estimator.name, 100 * sides.ambiguous_share,
+                     f", {100 * sides.changed_share:.1f}% changed side by the spatial choice"
+                     if sides.mode == "spatial" else "", 100 * sides.expected_wrong_share)
         log.info("%s: %s: %.1f%% of voxels on the fat-dominant side (PDFF >= 0.58)", run.name, estimator.name,
                  100 * estimates.chose_fat.mean())
         method_outputs.append(_method_outputs(estimator, estimates, sides, sd))
