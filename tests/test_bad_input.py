@@ -195,7 +195,28 @@ def _other_affine(bids):
 
 def _four_d(bids):
     save(echo(bids, 3), np.stack([read(echo(bids, 3))] * 3, axis=-1))
-    return 65, [str(echo(bids, 3)), "3-D image per echo", "(16, 16, 2, 3)"]
+    return 65, [str(echo(bids, 3)), "4-D image of 3 volumes", "one 3-D file per echo"]
+
+
+def _all_echoes_in_one_4d_file(bids):
+    # The whole run as one 4-D file with the list of echo times in its sidecar: said so, not read
+    # as an echo whose EchoTime is not a number.
+    stack = np.stack([read(echo(bids, i)) for i in range(1, 7)], axis=-1)
+    for i in range(1, 7):
+        echo(bids, i).unlink()
+        sidecar(bids, i).unlink()
+    whole = bids / "sub-01" / "anat" / "sub-01_part-mag_MEGRE.nii.gz"
+    save(whole, stack)
+    (bids / "sub-01" / "anat" / "sub-01_part-mag_MEGRE.json").write_text(json.dumps({"EchoTime": list(ECHO_TIMES_S)}))
+    return 65, [str(whole), "4-D image of 6 volumes", "one 3-D file per echo"]
+
+
+def _field_strength(value, fragment):
+    def prepare(bids):
+        for i in range(1, 7):  # sub-01's own sidecars override the dataset's 3 T
+            edit_sidecar(sidecar(bids, i), MagneticFieldStrength=value)
+        return 65, [str(bids / "sub-01" / "anat" / "sub-01_echo-"), "MagneticFieldStrength", fragment]
+    return prepare
 
 
 def _negative(bids):
@@ -213,6 +234,12 @@ def _all_zero(bids):
 def _all_nan(bids):
     save(echo(bids, 2), np.full(SHAPE, np.nan))
     return 65, [str(echo(bids, 2)), "no positive finite value"]
+
+
+def _constant_images(bids):
+    for i in range(1, 7):  # every voxel and echo alike: no residual to estimate the noise from
+        save(echo(bids, i), np.full(SHAPE, 100.0))
+    return 65, [str(bids / "sub-01" / "anat"), "run sub-01", "noise estimate failed", "constant"]
 
 
 def _no_field_strength(bids):
@@ -249,10 +276,16 @@ def _gzip_of_garbage(bids):
     pytest.param(_other_shape, id="echo-of-other-shape"),
     pytest.param(_other_affine, id="echo-of-other-affine"),
     pytest.param(_four_d, id="echo-4d"),
+    pytest.param(_all_echoes_in_one_4d_file, id="run-in-one-4d-file"),
+    pytest.param(_field_strength(0, "positive number of tesla"), id="field-strength-zero"),
+    pytest.param(_field_strength(-3, "positive number of tesla"), id="field-strength-negative"),
+    pytest.param(_field_strength(float("nan"), "positive number of tesla"), id="field-strength-nan"),
+    pytest.param(_field_strength(3000, "millitesla"), id="field-strength-in-millitesla"),
     pytest.param(_negative, id="negative-value"),
     pytest.param(_all_zero, id="all-zero-image"),
     pytest.param(_all_nan, id="all-nan-image"),
     pytest.param(_no_field_strength, id="field-strength-missing"),
+    pytest.param(_constant_images, id="constant-images"),
     pytest.param(_not_a_nifti, id="corrupt-nifti-garbage"),
     pytest.param(_truncated, id="corrupt-nifti-truncated"),
     pytest.param(_gzip_of_garbage, id="corrupt-nifti-no-header"),

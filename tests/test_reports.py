@@ -486,3 +486,20 @@ def test_group_page_names_methods_and_tabulates_group_roistats(outputs):
             seen.add(key)
     assert seen == set(expected)
     assert {method for _, _, method in seen} == {"ssl", "fit"}
+
+
+def test_a_two_dimensional_echo_is_read_as_one_slice(tmp_path):
+    """A scanner's 2-D NIfTI (ndim 2) is read as one slice, as the echoes are, so the report draws
+    its first echo on the mask's grid rather than warning that it is off the grid."""
+    import nibabel as nib
+
+    from raider_bids.reports.pages import _Loader, _read
+
+    plane = np.arange(12.0).reshape(3, 4)
+    nib.save(nib.Nifti1Image(plane, np.eye(4)), tmp_path / "echo.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 1), np.uint8), np.eye(4)), tmp_path / "mask.nii.gz")
+    data, _ = _read(tmp_path / "echo.nii.gz")
+    assert data.shape == (3, 4, 1)
+    np.testing.assert_array_equal(data[..., 0], plane)
+    loader = _Loader(tmp_path / "mask.nii.gz")
+    np.testing.assert_array_equal(loader.load(tmp_path / "echo.nii.gz"), loader.view.stack(plane[..., None]))

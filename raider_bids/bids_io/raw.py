@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputDataError, MissingInputError, NoFilesSelectedError, RaiderError, UsageError
+from ..physics.parameters import MAX_FIELD_STRENGTH_T
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
               field_strength_t: float | None) -> MegreRun:
     echo_times, fields = [], set()
     for path in paths:
+        _check_one_echo_per_file(path)
         meta = layout.get_metadata(str(path))
         if "EchoTime" not in meta:
             raise MissingInputError(f"{path}: no EchoTime in its JSON sidecar(s)")
@@ -251,10 +253,16 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
         echo_times.append(te)
         if "MagneticFieldStrength" in meta:
             try:
-                fields.add(float(meta["MagneticFieldStrength"]))
+                field = float(meta["MagneticFieldStrength"])
             except (TypeError, ValueError):
                 raise InputDataError(f"{path}: MagneticFieldStrength {meta['MagneticFieldStrength']!r} "
                                      "is not a number") from None
+            if not math.isfinite(field) or field <= 0:
+                raise InputDataError(f"{path}: MagneticFieldStrength {field} must be a positive number of tesla")
+            if field > MAX_FIELD_STRENGTH_T:
+                raise InputDataError(f"{path}: MagneticFieldStrength {field:g} T is above any MRI scanner's "
+                                     f"({MAX_FIELD_STRENGTH_T:g} T); BIDS wants tesla (millitesla given?)")
+            fields.add(field)
     name = run_name(entities)
     seen: dict[int, Path] = {}
     for path, te in sorted(zip(paths, echo_times)):
@@ -279,6 +287,18 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
     return MegreRun(entities=entities, echo_files=tuple(paths[i] for i in order),
                     echo_times_s=tuple(echo_times[i] for i in order),
                     field_strength_t=float(field_strength_t), bids_dir=bids_dir)
+
+
+def _check_one_echo_per_file(path: Path) -> None:
+    """From the header alone: a 4-D image of several volumes (all echoes in one file) is refused
+    before its sidecar's list of echo times is read as one echo's."""
+    try:
+        shape = nib.load(path).shape
+    except Exception:  # unreadable: _read_echo says so when the run is loaded
+        return
+    if len(shape) == 4 and shape[3] > 1:
+        raise InputDataError(f"{path}: a 4-D image of {shape[3]} volumes; BIDS MEGRE wants one 3-D file per "
+                             "echo (echo-<index>), each with its EchoTime in its sidecar")
 
 
 def read_volume(path: Path, what: str, dtype: type | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:

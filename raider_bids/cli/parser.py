@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from .. import __version__
 from ..config import CHOICES, DEFAULT_TRAINING, DEVICES, METHODS, REFINEMENTS, TRAINING_PRESETS, Config
 from ..errors import UnknownLevelError, UsageError
 from ..physics.fat_spectrum import PRESETS
+from ..physics.parameters import MAX_FIELD_STRENGTH_T
 from ..resources import DEFAULT_WORKING_BYTES, format_bytes, parse_memory
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -107,8 +109,16 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+    return value
+
+
+def _field_strength(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_FIELD_STRENGTH_T:
+        raise argparse.ArgumentTypeError(f"{text} T is above any MRI scanner's field ({MAX_FIELD_STRENGTH_T:g} T); "
+                                         "give tesla")
     return value
 
 
@@ -187,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "of the selected participants and sessions)")
 
     phys = p.add_argument_group("signal model")
-    phys.add_argument("--field-strength", type=_positive_float, metavar="TESLA",
+    phys.add_argument("--field-strength", type=_field_strength, metavar="TESLA",
                       help="magnetic field strength, for the fat frequencies (default: MagneticFieldStrength "
                            "of the sidecars; a run without it is refused)")
     phys.add_argument("--fat-spectrum", default=_DEFAULTS.fat_spectrum, metavar="NAME|FILE",

@@ -16,6 +16,8 @@ PDFF_RANGES: dict[str, tuple[float, float]] = {
 # prefer one side; from RELIABLE on, the per-voxel choice is right (measured on synthetic truth).
 AMBIGUOUS_LLR_NATS = 1.0
 RELIABLE_LLR_NATS = 5.0
+# Above every MRI scanner's field (21.1 T preclinical): a larger MagneticFieldStrength is a unit mistake.
+MAX_FIELD_STRENGTH_T = 25.0
 # A PDFF whose Cramer-Rao standard deviation exceeds this (fraction) is poorly determined by the
 # voxel's data (a tenth of the range: low signal, or high R2* leaving only the first echoes); a run
 # with more than UNCERTAIN_PDFF_SHARE of its mask so gets a WARNING (the real scans' dark rims

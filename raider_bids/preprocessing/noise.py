@@ -43,6 +43,6 @@ def estimate_sigma(signals: np.ndarray, acquisition: Acquisition, rng: np.random
         used = int(high_snr.sum())
     # Relative to the signal: rounding noise alone must not pass for a noise level.
     if not np.isfinite(sigma) or sigma <= 1e-6 * float(np.median(signals)):
-        raise InputDataError("the automatic noise estimate failed (the echoes fit the model exactly?): "
-                             "give --sigma")
+        raise InputDataError("the automatic noise estimate failed: the echoes fit the model exactly (constant "
+                             "or noise-free images?); give --sigma")
     return NoiseRecord(sigma, "model-residual", used)

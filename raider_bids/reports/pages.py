@@ -73,11 +73,11 @@ def _image(output_dir: Path, path: Path, alt: str, draw: Callable[[], Figure]) -
 
 
 def _read(path: Path) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
-    """An image's data on its own (acquisition) grid, as float (a 4-D image's first volume), and
-    the image (its affine and header)."""
+    """An image's data on its own (acquisition) grid, as float (a 4-D image's first volume, a 2-D
+    slice made 3-D as the echoes are read), and the image (its affine and header)."""
     img = nib.load(path)
     data = np.asarray(img.dataobj, dtype=np.float64)
-    return (data[..., 0] if data.ndim == 4 else data), img
+    return (data[..., 0] if data.ndim == 4 else data[..., None] if data.ndim == 2 else data), img
 
 
 class _Loader:

@@ -277,8 +277,11 @@ def _mask_and_noise(config: Config, run: MegreRun, data: np.ndarray, affine: np.
         # The automatic mask tests each voxel against the noise, so sigma comes first: from the
         # user's mask, or from a provisional tissue sample (Otsu's upper class).
         sample = mask if config.mask_file else provisional_tissue(data, usable)
-        noise = estimate_sigma(data[sample].astype(np.float64), acquisition,
-                               np.random.default_rng(config.random_seed))
+        try:
+            noise = estimate_sigma(data[sample].astype(np.float64), acquisition,
+                                   np.random.default_rng(config.random_seed))
+        except InputDataError as exc:  # name the run: the estimate itself knows only its voxels
+            raise InputDataError(f"{run.echo_files[0].parent}: run {run.name}: {exc}") from None
     timings["NoiseSeconds"] = time.perf_counter() - t
 
     if not config.mask_file:
