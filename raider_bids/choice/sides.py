@@ -33,8 +33,8 @@ protocol: of voxels given 0.94, 0.85 were right; docs/water-fat-choice.md). The 
 the energy's minimum, and where they disagree with the marginal the probability is below 0.5.
 Pairs of two voxels whose own evidence exceeds PULL_NATS are never formed (they cannot change the
 cut, and forming them cost most of the choice's time): such a voxel's probability counts only its
-undecided neighbours' messages, which can lower it (below 0.993 in under 0.2 % of such voxels on
-the phantoms at the hard protocol; the least 0.68), never raise it.
+undecided neighbours' messages (below 0.993 in under 0.2 % of such voxels on the phantoms at the
+hard protocol; the least 0.68).
 """
 
 from __future__ import annotations
