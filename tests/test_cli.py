@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -314,3 +315,29 @@ def test_training_presets_and_overrides(tmp_path, argv, expected):
     config = config_from_args(build_parser().parse_args(full), full)
     for key, value in expected.items():
         assert getattr(config.training, key) == value, key
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_raised_inside_a_finaliser_still_stops_with_its_code(capsys, bids, tmp_path, monkeypatch,
+                                                                      signum, code):
+    """Python prints and ignores an exception raised while it runs a finaliser (Ctrl-C landing in
+    a weakref callback as the reports start), and the work goes on; the call must still exit with
+    the signal's code, not 0."""
+    import raider_bids.workflows.participant as workflow
+
+    class Finalised:
+        def __del__(self):
+            signal.raise_signal(signum)  # its handler runs here, inside the finaliser
+            sum(range(100))
+
+    def participant(config, reporter):
+        Finalised()  # collected at once
+        return None  # not read: the signal stops the call first
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+    monkeypatch.setattr(workflow, "participant", participant)
+    got, err = run_cli(capsys, [bids, tmp_path / "out", P, "--method", "fit"])
+    assert len(swallowed) == 1  # the case itself: the signal's exception was ignored in the finaliser
+    assert got == code, err
+    assert ("interrupted" if signum == signal.SIGINT else "terminated") in err

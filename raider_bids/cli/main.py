@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     stack = contextlib.ExitStack()
     try:
-        stack.enter_context(_sigterm_as_exception())
+        stack.enter_context(_signals_as_exceptions())
         start = time.perf_counter()
         config = config_from_args(args, argv)
         if config.work_dir:
@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  config.output_dir)
         if config.analysis_level == "group":
             group(config)
+            _raise_if_signalled()
             log.info("done in %s: group level; outputs in %s", format_duration(time.perf_counter() - start),
                      config.output_dir)
             return 0
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # torch's default counts every core of the machine, not those the process may use
         torch.set_num_threads(config.nprocs or available_cpus())
         result = participant(config, EpochReporter)  # run name -> its progress reporter
+        _raise_if_signalled()
         log.info("done in %s: %d run(s) processed, %d skipped (already finished), %d failed%s; outputs in %s",
                  format_duration(time.perf_counter() - start), len(result.finished), len(result.skipped),
                  len(result.failed), f" ({', '.join(result.failed)})" if result.failed else "", config.output_dir)
@@ -141,17 +143,33 @@ class _Terminated(BaseException):
     unfinished runs and temporary files runs before exiting."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
+# Signals received during this call. An exception raised while Python runs a finaliser or a weakref
+# callback is printed and ignored, and the work goes on; main then still exits with the signal's code.
+_received: list[int] = []
+
+
+def _raise_for_signal(signum, frame) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
+
+
+def _raise_if_signalled() -> None:
+    """Raise again a signal's exception that was raised where Python ignores exceptions (a
+    finaliser) and carried on."""
+    if _received:
+        raise KeyboardInterrupt() if _received[0] == signal.SIGINT else _Terminated()
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception():
+def _signals_as_exceptions():
+    """SIGINT as KeyboardInterrupt and SIGTERM as _Terminated, each also recorded in _received."""
+    _received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {s: signal.signal(s, _raise_for_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
