@@ -156,6 +156,17 @@ def _echo_times_in_ms(bids):
     return 65, [f"{bids}/sub-01/anat/sub-01_echo-", "looks like milliseconds", "seconds"]
 
 
+def _echo_times_in_microseconds_as_seconds(bids):
+    for i, te in enumerate(ECHO_TIMES_S, 1):
+        edit_sidecar(sidecar(bids, i), EchoTime=te * 1e-3)
+    return 65, [f"{bids}/sub-01/anat/sub-01_echo-", "shorter than any MRI echo time", "seconds"]
+
+
+def _nii_and_nii_gz_copies(bids):
+    nib.save(nib.load(echo(bids, 2)), str(echo(bids, 2)).removesuffix(".gz"))  # the same echo, uncompressed
+    return 65, ["sub-01_echo-2_part-mag_MEGRE.nii", "same EchoTime", ".nii and .nii.gz copies"]
+
+
 def _duplicate_echo_time(bids):
     edit_sidecar(sidecar(bids, 4), EchoTime=ECHO_TIMES_S[1])
     return 65, [str(echo(bids, 4)), "same EchoTime", echo(bids, 2).name]
@@ -269,6 +280,9 @@ def _gzip_of_garbage(bids):
     pytest.param(_echo_time("abc"), id="echo-time-text"),
     pytest.param(_echo_time([0.001, 0.002]), id="echo-time-list"),
     pytest.param(_echo_times_in_ms, id="echo-time-in-ms"),
+    pytest.param(_echo_time(True), id="echo-time-boolean"),
+    pytest.param(_echo_times_in_microseconds_as_seconds, id="echo-time-too-short"),
+    pytest.param(_nii_and_nii_gz_copies, id="echo-as-nii-and-nii-gz"),
     pytest.param(_duplicate_echo_time, id="echo-time-duplicate"),
     pytest.param(_unsorted_duplicate_echo_times, id="echo-time-unsorted-duplicate"),
     pytest.param(_magnitude_with_and_without_part, id="echo-time-duplicate-part-and-no-part"),

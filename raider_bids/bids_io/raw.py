@@ -23,6 +23,7 @@ from ..physics.parameters import MAX_FIELD_STRENGTH_T
 log = logging.getLogger(__name__)
 
 MIN_ECHOES = 4  # three unknowns plus at least one degree of freedom
+MIN_ECHO_TIME_S = 1e-5  # s: shorter than even ultrashort-TE sequences; smaller is a unit mistake
 FILTER_QUERY = "megre"  # the query name in --bids-filter-file
 _BASE_QUERY: dict[str, Any] = {"suffix": "MEGRE", "datatype": "anat", "extension": [".nii", ".nii.gz"]}
 _DROPPED_ENTITIES = ("echo", "part")  # a run = files sharing every other entity
@@ -243,6 +244,8 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
         if "EchoTime" not in meta:
             raise MissingInputError(f"{path}: no EchoTime in its JSON sidecar(s)")
         try:
+            if isinstance(meta["EchoTime"], bool):  # JSON true would read as 1.0
+                raise TypeError
             te = float(meta["EchoTime"])
         except (TypeError, ValueError):
             raise InputDataError(f"{path}: EchoTime {meta['EchoTime']!r} is not a number") from None
@@ -250,6 +253,9 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
             raise InputDataError(f"{path}: EchoTime {te} must be a positive number of seconds")
         if te > 0.5:
             raise InputDataError(f"{path}: EchoTime {te} looks like milliseconds; BIDS wants seconds")
+        if te < MIN_ECHO_TIME_S:
+            raise InputDataError(f"{path}: EchoTime {te:g} s is shorter than any MRI echo time "
+                                 f"({MIN_ECHO_TIME_S:g} s); BIDS wants seconds (microseconds given?)")
         echo_times.append(te)
         if "MagneticFieldStrength" in meta:
             try:
@@ -268,8 +274,11 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
     for path, te in sorted(zip(paths, echo_times)):
         key = round(te * 1e6)  # to the microsecond: closer echoes cannot be told apart
         if key in seen:
-            raise InputDataError(f"{path}: same EchoTime ({te} s) as {seen[key].name}; each echo needs its own "
-                                 "echo time (mixed part-mag and part-less files?)")
+            other = seen[key]
+            hint = (".nii and .nii.gz copies of one echo?" if _stem(path) == _stem(other)
+                    else "mixed part-mag and part-less files?")
+            raise InputDataError(f"{path}: same EchoTime ({te} s) as {other.name}; each echo needs its own "
+                                 f"echo time ({hint})")
         seen[key] = path
     if len(paths) < MIN_ECHOES:
         raise InputDataError(f"{paths[0].parent}: run {name} has {len(paths)} echoes "
@@ -287,6 +296,10 @@ def _make_run(layout, bids_dir: Path, entities: tuple, paths: list[Path],
     return MegreRun(entities=entities, echo_files=tuple(paths[i] for i in order),
                     echo_times_s=tuple(echo_times[i] for i in order),
                     field_strength_t=float(field_strength_t), bids_dir=bids_dir)
+
+
+def _stem(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
 
 
 def _check_one_echo_per_file(path: Path) -> None:
