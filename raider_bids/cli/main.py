@@ -148,16 +148,20 @@ class _Terminated(BaseException):
 _received: list[int] = []
 
 
+def _exception_for(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
+
+
 def _raise_for_signal(signum, frame) -> None:
     _received.append(signum)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
+    raise _exception_for(signum)
 
 
 def _raise_if_signalled() -> None:
     """Raise again a signal's exception that was raised where Python ignores exceptions (a
     finaliser) and carried on."""
     if _received:
-        raise KeyboardInterrupt() if _received[0] == signal.SIGINT else _Terminated()
+        raise _exception_for(_received[0])
 
 
 @contextlib.contextmanager
