@@ -329,7 +329,7 @@ def _choose_sides(mode: str, estimates: Estimates, mask: np.ndarray, voxel_size_
     if set(estimates.candidates) != {"water", "fat"}:
         return estimates, None
     sides = choose_sides(mode, estimates.candidates["water"], estimates.candidates["fat"], mask, voxel_size_mm,
-                         signals, sigma)
+                         signals, sigma, threads=torch.get_num_threads())  # --nprocs
     return (estimates.with_sides(sides.chose_fat) if sides.changed_share else estimates), sides
 
 
