@@ -206,6 +206,9 @@ ERRORS = [
           _filter("{not json")),
     error("filter-unknown-query", ["{bids}", "{out}", P, "--bids-filter-file", "{tmp}/filter.json"], 64,
           ["filter.json", "t1w"], _filter({"t1w": {"acquisition": "x"}})),
+    # pybids' own message named no file and advised a pybids argument
+    error("filter-unknown-entity", ["{bids}", "{out}", P, "--bids-filter-file", "{tmp}/filter.json"], 64,
+          ["filter.json", "'acq' is not a BIDS entity", "acquisition"], _filter({"megre": {"acq": "x"}})),
     error("phase-only", ["{bids}", "{out}", P], 18, ["no magnitude MEGRE files", "only part-phase files match",
                                                      "magnitude images"], _phase_only),
     error("phase-only-participant", ["{bids}", "{out}", P, "--participant-label", "01"], 18,

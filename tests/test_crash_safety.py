@@ -270,3 +270,22 @@ def test_concurrent_starts_race_on_the_shared_files(bids, tmp_path):
         assert not hidden(out)
         shutil.rmtree(out)
         time.sleep(0.1)
+
+
+def test_a_folder_that_refuses_new_files_is_named_not_the_temporary_file(tmp_path, monkeypatch):
+    """A write where no file can be created (read-only or full) names the folder and the file the
+    user would get, not the hidden temporary file it tried first, and leaves nothing behind."""
+    import errno
+    import tempfile
+
+    from raider_bids.bids_io.files import write_text
+    from raider_bids.errors import OutputError
+
+    def refuse(prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / f"{prefix}abc{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OutputError) as raised:
+        write_text(tmp_path / "README", "text")
+    assert str(raised.value) == f"{tmp_path}: cannot write README (Permission denied)"
+    assert list(tmp_path.iterdir()) == []

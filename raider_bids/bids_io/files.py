@@ -23,11 +23,15 @@ def atomic_path(target: Path) -> Iterator[Path]:
     writes (a file where a directory should be, no permission, a full disk) raise OutputError."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{exc.filename or target.parent}: cannot write {target.name} "
+                          f"({exc.strerror or exc})") from None
+    try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix="".join(target.suffixes) or ".tmp",
                                    dir=target.parent)
         os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"{exc.filename or target}: cannot write {target.name} ({exc.strerror or exc})") from None
+    except OSError as exc:  # its file name is the temporary one, which the user never asked for
+        raise OutputError(f"{target.parent}: cannot write {target.name} ({exc.strerror or exc})") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -129,6 +129,14 @@ def load_filters(path: Path | None) -> dict[str, Any]:
     unknown = sorted(set(spec) - {FILTER_QUERY})
     if unknown:
         raise UsageError(f"{path}: unknown query name(s) {', '.join(unknown)}; this app reads '{FILTER_QUERY}'")
+    from bids.layout.models import Config
+
+    entities = set(Config.load("bids").entities)  # those pybids' layout indexes
+    unknown = sorted(set(spec.get(FILTER_QUERY, {})) - entities)
+    if unknown:
+        verb = "is not a BIDS entity" if len(unknown) == 1 else "are not BIDS entities"
+        raise UsageError(f"{path}: {', '.join(map(repr, unknown))} {verb} (a MEGRE file's are subject, session, "
+                         "acquisition, run, echo and part)")
     def convert(entity: str, value: Any) -> Any:
         if isinstance(value, list):
             return [convert(entity, v) for v in value]
