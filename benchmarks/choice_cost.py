@@ -56,7 +56,8 @@ def main() -> None:
 
             def choice(threads: int):
                 start = time.perf_counter()
-                sides = choose_sides("spatial", water, fat, mask, phantom.voxel_size_mm, signals, sigma, threads)
+                sides = choose_sides("spatial", water, fat, mask, phantom.voxel_size_mm, signals, sigma, acquisition,
+                                     threads)
                 return time.perf_counter() - start, sides
 
             first, sides = choice(2)

@@ -82,7 +82,7 @@ def main() -> None:
         zero = np.zeros_like(cost)
         return minimise(water["nll"], fat["nll"], PairTerms(pairs.i, pairs.j, zero, cost, cost, zero)).labels
 
-    spatial = choose_sides("spatial", water, fat, mask, phantom.voxel_size_mm, signals, sigma)
+    spatial = choose_sides("spatial", water, fat, mask, phantom.voxel_size_mm, signals, sigma, acquisition)
     choices = {
         "voxel": fat["nll"] < water["nll"],
         "spatial": spatial.chose_fat,

@@ -34,7 +34,10 @@ chosen side's marginal by belief propagation (new keys in the choice's details, 
 Description): the user-inputs call's SideProbmap changed (15 % of its voxels, by at most 0.089);
 the all-methods call's SideProbmaps by float32 rounding only (at most 6e-8: no pair is formed there,
 the belief is the LLR in float32); every other array is bit for bit as before. Then
-for the choice's new `ExpectedWrongShare` in the provenance: no array changed."""
+for the choice's new `ExpectedWrongShare` in the provenance: no array changed. Re-recorded at issue
+15 (stop 31) for the partial-volume evidence of border voxels (mixes of their neighbours' signals;
+new `PartialVolume` details): in the user-inputs call 2 of 512 voxels changed side and 57 side
+probabilities moved (by at most 0.23); the all-methods call's 90 arrays are bit for bit as before."""
 
 from __future__ import annotations
 

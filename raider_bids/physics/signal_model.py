@@ -62,6 +62,14 @@ def magnitude_signal(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray,
         return model(as_t(s0), as_t(pdff), as_t(r2star_s)).numpy()
 
 
+def complex_signal(acquisition: Acquisition, s0: np.ndarray, pdff: np.ndarray, r2star_s: np.ndarray) -> np.ndarray:
+    """The model's complex signal before the magnitude, S0 ((1 - PDFF) + PDFF F(t)) exp(-R2* t), with
+    water at phase 0 (complex128, (N, n_echoes)): what tissues sharing a voxel add up."""
+    t = np.asarray(acquisition.echo_times_s, dtype=np.float64)
+    s0, pdff, r2 = (np.asarray(a, dtype=np.float64).ravel()[:, None] for a in (s0, pdff, r2star_s))
+    return s0 * np.exp(-r2 * t) * ((1 - pdff) + pdff * acquisition.fat_basis())
+
+
 def least_squares_s0(m, shapes, axis: int = -1, energy=None):
     """argmin_S0 |m - S0 b|^2 = <m, b> / <b, b> for magnitudes m and shapes b (|S| / S0) along
     `axis` (the echoes), clamped at 0, and 0 where b vanishes; `energy` is <b, b> when known.

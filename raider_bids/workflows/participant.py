@@ -199,7 +199,8 @@ def process_run(config: Config, dataset: DerivativesDataset, run: MegreRun, acqu
                      estimator.name, 100 * refinement["RefinedShare"], refinement["BelowNats"],
                      100 * refinement["LosingSideShare"], 100 * refinement["ChangedSideShare"])
         t = time.perf_counter()
-        estimates, sides = _choose_sides(config.choice, estimates, mask, voxel_size, signals, noise.sigma)
+        estimates, sides = _choose_sides(config.choice, estimates, mask, voxel_size, signals, acquisition,
+                                         noise.sigma)
         timings["ChoiceSeconds"] = timings.get("ChoiceSeconds", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         sd = cramer_rao_sd(acquisition, estimates.s0, estimates.pdff, estimates.r2star_s, noise.sigma)
@@ -323,13 +324,13 @@ def _warn_uncertain_pdff(run_name: str, method: str, pdff_sd: np.ndarray, r2star
 
 
 def _choose_sides(mode: str, estimates: Estimates, mask: np.ndarray, voxel_size_mm: tuple[float, ...],
-                  signals: np.ndarray, sigma: float) -> tuple[Estimates, SideChoice | None]:
+                  signals: np.ndarray, acquisition: Acquisition, sigma: float) -> tuple[Estimates, SideChoice | None]:
     """Each voxel's side by `mode` (config.CHOICES) where the method has two candidates; the
     estimators themselves choose per voxel."""
     if set(estimates.candidates) != {"water", "fat"}:
         return estimates, None
     sides = choose_sides(mode, estimates.candidates["water"], estimates.candidates["fat"], mask, voxel_size_mm,
-                         signals, sigma, threads=torch.get_num_threads())  # --nprocs
+                         signals, sigma, acquisition, threads=torch.get_num_threads())  # --nprocs
     return (estimates.with_sides(sides.chose_fat) if sides.changed_share else estimates), sides
 
 
